@@ -1,0 +1,59 @@
+"""Command-line entry points. Scripts only parse arguments and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return code
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ddc-train", description="Train DDC, finetune or source-only from a JSON config.")
+    p.add_argument("--config", required=True, help="JSON config file (see configs/)")
+    p.add_argument("--workdir", help="run directory (default: runs/<config name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value by dotted key, e.g. --set train.lr=0.01 (JSON value)")
+    p.add_argument("--data-root", help="folder that dataset roots in the config are relative to "
+                                       "(default: $DDC_DATA_ROOT, else ./data)")
+    p.add_argument("--weights-root", help="folder that weights files in the config are relative to "
+                                          "(default: $DDC_WEIGHTS_ROOT, else .)")
+    p.add_argument("--restart", action="store_true",
+                   help="start over in an existing run directory instead of resuming it")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """``ddc-train``: exit 0 on success, 2 on bad config/data, 130 when interrupted."""
+    args = train_parser().parse_args(argv)
+    from ddc.config import ConfigError, load
+    try:
+        cfg = load(args.config, args.overrides)
+    except ConfigError as e:
+        return _fail(str(e))
+    from ddc.data.images import DataError
+    from ddc.train import RunError, RunInterrupted, train_and_evaluate
+    workdir = args.workdir or os.path.join("runs", cfg.name)
+    try:
+        results = train_and_evaluate(cfg, workdir, data_root=args.data_root,
+                                     weights_root=args.weights_root, restart=args.restart)
+    except (ConfigError, DataError, RunError) as e:
+        return _fail(str(e))
+    except RunInterrupted as e:
+        return _fail(str(e), 130)
+    print(f"target accuracy: {results['target_acc']:.4f} "
+          f"(mean per class {results['target_mean_class_acc']:.4f}); "
+          f"source validation accuracy: {results['source_val_acc'] if results['source_val_acc'] is None else round(results['source_val_acc'], 4)}; "
+          f"run directory: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())

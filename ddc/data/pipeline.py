@@ -1,0 +1,101 @@
+"""tf.data streams for training: infinite, fixed-shape, zipped source and target batches.
+
+Each stream is the classic ``shuffle -> repeat -> batch(drop_remainder=True)`` over a decoded
+array, written so that batch ``s`` is a pure function of ``(seed, s)``: epoch ``e = s // (N // B)``
+uses the permutation drawn from ``default_rng([seed, stream, e])`` and the flips from
+``default_rng([seed, stream, s])``. A resumed run therefore continues with exactly the batches
+the uninterrupted run would have seen (no shuffle buffer state to lose). Batches are gathered in
+parallel (``num_parallel_calls=AUTOTUNE``, order kept), zipped, and prefetched.
+
+Images stay uint8 in the pipeline; the model converts and preprocesses them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+SOURCE_STREAM, TARGET_STREAM = 0, 1
+
+
+class BatchSampler:
+    """Batch ``step`` of an epoch-shuffled, repeated, drop-remainder stream over ``n`` items."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, stream: int):
+        if n < batch_size:
+            raise ValueError(f"{n} items cannot fill one batch of {batch_size}")
+        self.n, self.batch_size, self.seed, self.stream = n, batch_size, seed, stream
+        self.steps_per_epoch = n // batch_size
+
+    @functools.lru_cache(maxsize=2)
+    def _perm(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.stream, epoch]).permutation(self.n)
+
+    def indices(self, step: int) -> np.ndarray:
+        epoch, pos = divmod(int(step), self.steps_per_epoch)
+        return self._perm(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size]
+
+    def flips(self, step: int) -> np.ndarray:
+        """[B, 2] booleans: flip left-right, flip up-down."""
+        return np.random.default_rng([self.seed, self.stream, int(step), 7]).random(
+            (self.batch_size, 2)) < 0.5
+
+
+def _stream(images: np.ndarray, labels: np.ndarray | None, sampler: BatchSampler,
+            augment: bool, start_step: int) -> tf.data.Dataset:
+    shape = (sampler.batch_size,) + tuple(images.shape[1:])
+
+    def get(step):
+        idx = sampler.indices(step)
+        x = np.asarray(images[idx])
+        if augment:
+            f = sampler.flips(step)
+            x = np.where(f[:, 0, None, None, None], x[:, :, ::-1], x)
+            x = np.where(f[:, 1, None, None, None], x[:, ::-1], x)
+        y = labels[idx] if labels is not None else np.zeros(len(idx), np.int32)
+        return x, y.astype(np.int32)
+
+    def fetch(step):
+        x, y = tf.numpy_function(get, [step], [tf.as_dtype(images.dtype), tf.int32], stateful=False)
+        x.set_shape(shape)
+        y.set_shape(shape[:1])
+        return x, y
+
+    ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+    return ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def train_dataset(source_images, source_labels, target_images, *, batch_size: int, seed: int,
+                  augment: bool, start_step: int = 0, use_target: bool = True) -> tf.data.Dataset:
+    """Zipped infinite stream of ``(x_s [B,H,W,C], labels_s int32 [B], x_t [B,H,W,C])``.
+
+    Images are uint8 (or float32 cached features [B, F] in feature-extractor mode).
+
+    Target labels never enter this stream. With ``use_target=False`` (source-only runs) the
+    target element is an empty [0, H, W, C] batch so the step signature stays the same.
+    """
+    src = _stream(source_images, source_labels,
+                  BatchSampler(len(source_images), batch_size, seed, SOURCE_STREAM), augment, start_step)
+    if use_target:
+        tgt = _stream(target_images, None,
+                      BatchSampler(len(target_images), batch_size, seed, TARGET_STREAM), augment,
+                      start_step).map(lambda x, y: x)
+    else:
+        empty = np.zeros((0,) + tuple(target_images.shape[1:]), target_images.dtype)
+        tgt = tf.data.Dataset.from_tensors(empty).repeat()
+    ds = tf.data.Dataset.zip(src, tgt).map(lambda s, t: (s[0], s[1], t))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_batches(images: np.ndarray, batch_size: int):
+    """Yields (start, batch) over ``images`` in order; the last batch is zero-padded to full size
+    so that one traced predict function serves every batch."""
+    n = len(images)
+    for start in range(0, n, batch_size):
+        x = np.asarray(images[start:start + batch_size])
+        if len(x) < batch_size:
+            pad = np.zeros((batch_size - len(x),) + x.shape[1:], x.dtype)
+            x = np.concatenate([x, pad])
+        yield start, x

@@ -1,0 +1,108 @@
+"""Backbones by name: small CNNs built here, and Keras applications with pretrained weights.
+
+Every backbone maps preprocessed images [B, H, W, C] to pooled features [B, F]. The
+preprocessing that matches each backbone (``PREPROCESS``) is chosen by the backbone name, never
+by the user: ImageNet weights only make sense with the input scaling they were trained with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from ddc.config import ConfigError, ModelConfig
+
+# name -> (keras.applications constructor name, preprocessing mode)
+APPLICATIONS = {
+    "mobilenet": ("MobileNet", "tf"),
+    "mobilenet_v2": ("MobileNetV2", "tf"),
+    "resnet50": ("ResNet50", "caffe"),
+    "inception_v3": ("InceptionV3", "tf"),
+    "efficientnet_b0": ("EfficientNetB0", "raw"),  # rescales inside the model
+}
+PREPROCESS = {"lenet": "unit", "alexnet": "unit",
+              **{name: mode for name, (_, mode) in APPLICATIONS.items()}}
+
+
+def resolve_weights(value: str | None, weights_root: Path | None) -> str | None:
+    """Turns ``model.weights`` into None, ``"imagenet"`` or an existing file path.
+
+    Raises:
+        ConfigError: a file that does not exist (the message names the path tried).
+    """
+    if value in (None, "", "none"):
+        return None
+    if value == "imagenet":
+        return "imagenet"
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (weights_root or Path(".")) / path
+    if not path.is_file():
+        raise ConfigError(f"model.weights: weights file not found: {path} (set --weights-root or "
+                          "$DDC_WEIGHTS_ROOT, or use \"imagenet\" or null)")
+    return str(path)
+
+
+def lenet(input_shape) -> keras.Model:
+    """The LeNet-style digits CNN (Caffe LeNet widths): 2 conv + pool, fc 500."""
+    inp = keras.Input(input_shape)
+    x = layers.Conv2D(20, 5, padding="same", activation="relu", name="conv1")(inp)
+    x = layers.MaxPooling2D(2, name="pool1")(x)
+    x = layers.Conv2D(50, 5, padding="same", activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(2, name="pool2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(500, activation="relu", name="fc3")(x)
+    return keras.Model(inp, x, name="backbone")
+
+
+def alexnet(input_shape, dropout: float = 0.5) -> keras.Model:
+    """The 8-layer network of the DDC paper up to fc7 (LRN omitted, as in most reimplementations)."""
+    inp = keras.Input(input_shape)
+    x = layers.Conv2D(96, 11, strides=4, padding="same", activation="relu", name="conv1")(inp)
+    x = layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
+    x = layers.Conv2D(256, 5, padding="same", activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(3, 2, padding="same", name="pool2")(x)
+    x = layers.Conv2D(384, 3, padding="same", activation="relu", name="conv3")(x)
+    x = layers.Conv2D(384, 3, padding="same", activation="relu", name="conv4")(x)
+    x = layers.Conv2D(256, 3, padding="same", activation="relu", name="conv5")(x)
+    x = layers.MaxPooling2D(3, 2, padding="same", name="pool5")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(4096, activation="relu", name="fc6")(x)
+    x = layers.Dropout(dropout, name="drop6")(x)
+    x = layers.Dense(4096, activation="relu", name="fc7")(x)
+    x = layers.Dropout(dropout, name="drop7")(x)
+    return keras.Model(inp, x, name="backbone")
+
+
+def build_backbone(cfg: ModelConfig, input_shape: tuple, weights: str | None) -> keras.Model:
+    """Builds the backbone named by ``cfg.backbone`` with ``weights`` (None, "imagenet", a file).
+
+    Raises:
+        ConfigError: weights that cannot be had or do not fit this backbone.
+    """
+    if cfg.backbone in ("lenet", "alexnet"):
+        if weights is not None:
+            raise ConfigError(f"model.weights: {cfg.backbone} is built from scratch here; "
+                              f"expected null, got {weights!r}")
+        return lenet(input_shape) if cfg.backbone == "lenet" else alexnet(input_shape)
+    ctor_name, _ = APPLICATIONS[cfg.backbone]
+    ctor = getattr(keras.applications, ctor_name)
+    kwargs = dict(include_top=False, weights=weights, input_shape=tuple(input_shape), pooling="avg")
+    if cfg.backbone in ("mobilenet", "mobilenet_v2"):
+        kwargs["alpha"] = cfg.alpha
+    if weights is not None and input_shape[-1] != 3:
+        raise ConfigError(f"data.channels: pretrained {cfg.backbone} weights need 3 channels, "
+                          f"got {input_shape[-1]}")
+    try:
+        model = ctor(**kwargs)
+    except Exception as e:  # keras raises several types for a bad file or a failed download
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if weights == "imagenet":
+            raise ConfigError(f"model.weights: cannot get ImageNet weights for {cfg.backbone} "
+                              f"({first}); without internet, point model.weights at a local file") from None
+        where = f"weights file {weights} " if weights else ""
+        raise ConfigError(f"model.weights: {where}does not fit backbone {cfg.backbone} "
+                          f"(alpha={cfg.alpha}, input {tuple(input_shape)}): {first}") from None
+    return model

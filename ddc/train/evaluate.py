@@ -1,0 +1,46 @@
+"""Evaluation on decoded arrays, and feature extraction for feature-extractor mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from ddc.data.pipeline import eval_batches
+from ddc.metrics import classification_report, mean_entropy
+
+
+def predict_arrays(predict, inputs: np.ndarray, batch_size: int):
+    """Runs ``predict`` (``x -> (logits, features)``) over ``inputs`` in fixed-size batches.
+
+    Returns:
+        (logits float32 [N, K], features float32 [N, A]).
+    """
+    logits, feats = [], []
+    n = len(inputs)
+    for start, x in eval_batches(inputs, batch_size):
+        lg, ft = predict(tf.convert_to_tensor(x))
+        keep = min(batch_size, n - start)
+        logits.append(lg.numpy()[:keep])
+        feats.append(ft.numpy()[:keep])
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def evaluate_arrays(predict, inputs, labels, class_names, batch_size: int) -> dict:
+    """The classification report of ``predict`` on ``inputs`` plus the mean prediction entropy."""
+    logits, _ = predict_arrays(predict, inputs, batch_size)
+    report = classification_report(labels, logits.argmax(axis=1), class_names)
+    report["entropy"] = mean_entropy(logits)
+    return report
+
+
+def extract_features(net, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Pooled backbone features float32 [N, F] of ``images`` (inference mode), computed once."""
+    @tf.function(reduce_retracing=True)
+    def features(x):
+        return tf.cast(net.backbone(net.preprocess(x), training=False), tf.float32)
+
+    out = []
+    n = len(images)
+    for start, x in eval_batches(images, batch_size):
+        out.append(features(tf.convert_to_tensor(x)).numpy()[:min(batch_size, n - start)])
+    return np.concatenate(out) if out else np.zeros((0, net.feature_dim), np.float32)

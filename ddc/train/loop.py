@@ -1,0 +1,277 @@
+"""``train_and_evaluate``: the outer loop that owns data, checkpoints, summaries and results.
+
+The inner step (``step.py``) is a pure traced function; everything Python-side (progress bar,
+evaluation, TensorBoard, checkpoints, stage switches) lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from ddc.config import Config
+from ddc.data.pipeline import train_dataset
+from ddc.data.prepare import RunData, data_root_from, prepare_data
+from ddc.models import apply_freeze, build_network, resolve_weights, variable_counts
+from ddc.train.evaluate import evaluate_arrays, extract_features
+from ddc.train.optim import make_optimizer, progress_lr
+from ddc.train.rundir import RunError, prepare_workdir, setup_logging, write_json_atomic
+from ddc.train.step import TrainStep, predict_fn
+
+log = logging.getLogger(__name__)
+
+
+class RunInterrupted(RuntimeError):
+    """Ctrl-C during training: a checkpoint was saved; the same command resumes."""
+
+
+def lambda_at(cfg: Config, step: int) -> float:
+    """The MMD weight at ``step``: constant, or the warm-up lambda * (2 / (1 + exp(-10 p)) - 1)."""
+    lam = cfg.mmd.weight
+    if cfg.mmd.schedule == "warmup":
+        p = min(step / cfg.train.steps, 1.0)
+        lam *= 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+    return float(lam)
+
+
+def _read_history(path: Path) -> list[dict]:
+    """Eval records of earlier sessions of this run (a torn last line from a kill is ignored)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+class _Stage:
+    """Trainability, optimizer, traced step and checkpoint of one training stage.
+
+    Two-stage finetuning (``train.head_only_steps``) rebuilds all four at the switch: the traced
+    step and the optimizer capture the trainable-variable list when built.
+    """
+
+    def __init__(self, run: "_Run", head_only: bool):
+        cfg, net = run.cfg, run.net
+        if run.features_mode or head_only:
+            net.backbone.trainable = False
+        else:
+            apply_freeze(net.backbone, cfg.model.freeze)
+        model = run.train_model
+        slow = [] if run.features_mode else list(net.backbone.trainable_variables)
+        self.optimizer = make_optimizer(cfg.train, run.step_var, model.trainable_variables, slow,
+                                        run.backbone_lr_mult, run.loss_scale)
+        self.step = TrainStep(model, self.optimizer, cfg.mmd, use_target=run.use_target,
+                              loss_scale=run.loss_scale, jit_compile=cfg.train.jit_compile)
+        ckpt = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=run.step_var,
+                                   skipped_steps=run.skipped_var)
+        self.manager = tf.train.CheckpointManager(ckpt, str(run.workdir / "checkpoints"),
+                                                  max_to_keep=cfg.train.keep_checkpoints)
+        self.checkpoint = ckpt
+        counts = variable_counts(model)
+        log.info("stage %s: %d trainable variables (%d params), %d frozen (%d params)%s",
+                 "head only" if head_only else "main", counts["trainable_variables"],
+                 counts["trainable_params"], counts["frozen_variables"], counts["frozen_params"],
+                 f"; backbone lr x{run.backbone_lr_mult:g}" if slow else "")
+        self.counts = counts
+
+
+class _Run:
+    def __init__(self, cfg: Config, workdir: Path, data: RunData, weights_root: Path | None):
+        self.cfg, self.workdir, self.data = cfg, workdir, data
+        t = cfg.train
+        self.features_mode = cfg.mode == "features"
+        self.use_target = cfg.mmd.weight > 0
+        self.loss_scale = t.precision == "mixed_float16"
+        weights = resolve_weights(cfg.model.weights, weights_root)
+        shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
+        self.net = build_network(cfg.model, shape, len(data.class_names), weights)
+        if t.backbone_lr_mult is not None:
+            self.backbone_lr_mult = t.backbone_lr_mult
+        else:
+            self.backbone_lr_mult = 0.1 if weights is not None else 1.0
+        self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.skipped_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
+        if self.features_mode:
+            self.net.backbone.trainable = False
+            self.train_model = self.net.head
+            self.arrays = {k: extract_features(self.net, getattr(data, k).images, t.eval_batch_size)
+                           for k in ("source_train", "source_val", "target")}
+        else:
+            self.train_model = self.net.model
+            self.arrays = {k: getattr(data, k).images for k in ("source_train", "source_val", "target")}
+        self.predict = predict_fn(self.train_model, t.jit_compile)
+
+    def evaluate(self, step: int) -> dict:
+        names = self.data.class_names
+        t = self.cfg.train
+        val = (evaluate_arrays(self.predict, self.arrays["source_val"], self.data.source_val.labels,
+                               names, t.eval_batch_size) if len(self.data.source_val) else None)
+        tgt = evaluate_arrays(self.predict, self.arrays["target"], self.data.target.labels, names,
+                              t.eval_batch_size)
+        return {"step": step,
+                "source_val_acc": val["accuracy"] if val else None,
+                "source_val_mean_class_acc": val["mean_class_accuracy"] if val else None,
+                "target_entropy": tgt["entropy"],
+                "target_acc": tgt["accuracy"],
+                "target_mean_class_acc": tgt["mean_class_accuracy"],
+                "_target_report": tgt}
+
+
+def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Path | None = None,
+                       weights_root: str | Path | None = None, restart: bool = False) -> dict:
+    """Trains as ``cfg`` says in ``workdir`` (resuming a run of the same config there) and
+    returns the results also written to ``workdir/results.json``.
+
+    Raises:
+        ConfigError, DataError, RunError: before training, naming the key, file or folder.
+        RunInterrupted: Ctrl-C; a checkpoint was saved.
+    """
+    workdir = Path(workdir)
+    resume = prepare_workdir(workdir, cfg.to_dict(), restart)
+    setup_logging(workdir)
+    before = keras.mixed_precision.global_policy()
+    try:
+        keras.utils.set_random_seed(cfg.seed)
+        if cfg.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        keras.mixed_precision.set_global_policy(cfg.train.precision)
+        cache_dir = Path(os.environ.get("DDC_CACHE_DIR", "~/.cache/ddc")).expanduser()
+        data = prepare_data(cfg, data_root_from(data_root), cache_dir)
+        wroot = Path(weights_root or os.environ.get("DDC_WEIGHTS_ROOT") or ".").expanduser()
+        run = _Run(cfg, workdir, data, wroot)
+        return _train(run, resume)
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def _saved_step(manager_dir: Path) -> int:
+    latest = tf.train.latest_checkpoint(str(manager_dir))
+    return int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")) if latest else 0
+
+
+def _train(run: _Run, resume: bool) -> dict:
+    cfg, t, workdir = run.cfg, run.cfg.train, run.workdir
+    start = _saved_step(workdir / "checkpoints") if resume else 0
+    head_only = start < t.head_only_steps
+    stage = _Stage(run, head_only)
+    if start:
+        stage.checkpoint.restore(stage.manager.latest_checkpoint).expect_partial()
+        log.info("resumed from %s at step %d", stage.manager.latest_checkpoint, start)
+    history_path = workdir / "metrics.jsonl"
+    history = [h for h in _read_history(history_path) if h["step"] <= start]
+    writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+    ds = train_dataset(run.arrays["source_train"], run.data.source_train.labels,
+                       run.arrays["target"], batch_size=t.batch_size, seed=cfg.seed,
+                       augment=cfg.data.augment and not run.features_mode, start_step=start,
+                       use_target=run.use_target)
+    batches = iter(ds)
+    per_step = t.batch_size * (2 if run.use_target else 1)
+    t_begin, t_first, last_report = time.time(), None, None
+    pbar = tqdm(total=t.steps, initial=start, desc=cfg.name, unit="step", disable=None)
+    step = start
+    try:
+        while step < t.steps:
+            if head_only and step >= t.head_only_steps:
+                head_only = False
+                stage.manager.save(checkpoint_number=step)
+                stage = _Stage(run, head_only=False)
+            x_s, y_s, x_t = next(batches)
+            lam = lambda_at(cfg, step)
+            m = stage.step(x_s, y_s, x_t, lam)
+            run.step_var.assign_add(1)
+            step += 1
+            if t_first is None:
+                t_first = time.time()  # the first step includes tracing: not in the throughput
+            if not bool(m["finite"]):
+                if run.loss_scale:
+                    run.skipped_var.assign_add(1)
+                    log.warning("step %d: non-finite gradients under float16 loss scaling, "
+                                "step skipped (%d so far)", step, int(run.skipped_var.numpy()))
+                else:
+                    raise RunError(f"non-finite loss at step {step} (total_loss="
+                                   f"{float(m['total_loss'])}); last good checkpoint: "
+                                   f"{stage.manager.latest_checkpoint or 'none'}")
+            pbar.update(1)
+            if step % t.log_every == 0 or step == t.steps:
+                vals = {k: float(v) for k, v in m.items() if k != "finite"}
+                pbar.set_postfix(cls=f"{vals['cls_loss']:.3f}", mmd2=f"{vals['mmd2']:.4f}",
+                                 refresh=False)
+                with writer.as_default(step=step):
+                    for k in ("cls_loss", "mmd2", "total_loss", "source_acc", "feature_norm"):
+                        tf.summary.scalar(f"train/{k}", vals[k])
+                    tf.summary.scalar("train/skipped_steps", int(run.skipped_var.numpy()))
+                    tf.summary.scalar("lr", float(progress_lr(t, step - 1)))
+                    tf.summary.scalar("lambda", lam)
+            if step % t.eval_every == 0 or step == t.steps:
+                last_report = run.evaluate(step)
+                rec = {k: v for k, v in last_report.items() if not k.startswith("_")}
+                history.append(rec)
+                with open(history_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                with writer.as_default(step=step):
+                    for k, v in rec.items():
+                        if k != "step" and v is not None:
+                            tf.summary.scalar(f"eval/{k}", v)
+                log.info("step %d: source val acc %s, target acc %.4f", step,
+                         "n/a" if rec["source_val_acc"] is None else f"{rec['source_val_acc']:.4f}",
+                         rec["target_acc"])
+            if step % t.checkpoint_every == 0 or step == t.steps:
+                stage.manager.save(checkpoint_number=step)
+    except KeyboardInterrupt:
+        stage.manager.save(checkpoint_number=step)
+        raise RunInterrupted(f"interrupted at step {step}; checkpoint saved in "
+                             f"{workdir / 'checkpoints'}; run the same command to resume") from None
+    finally:
+        pbar.close()
+        writer.flush()
+    if last_report is None:  # resumed a run that had already finished
+        last_report = run.evaluate(step)
+    elapsed = time.time() - (t_first or time.time())
+    trained = step - start - 1
+    results = _results(run, history, last_report, stage, trained * per_step / elapsed
+                       if trained > 0 and elapsed > 0 else None, time.time() - t_begin)
+    write_json_atomic(workdir / "results.json", results)
+    log.info("done: target acc %.4f (mean per class %.4f); results in %s", results["target_acc"],
+             results["target_mean_class_acc"], workdir / "results.json")
+    return results
+
+
+def _results(run: _Run, history: list, final: dict, stage: _Stage, ips, wall: float) -> dict:
+    tgt = final["_target_report"]
+    vals = [h for h in history if h.get("source_val_acc") is not None]
+    best = max(vals, key=lambda h: (h["source_val_acc"], h["step"])) if vals else None
+    return {
+        "name": run.cfg.name,
+        "steps": int(run.step_var.numpy()),
+        "skipped_steps": int(run.skipped_var.numpy()),
+        "source_val_acc": final["source_val_acc"],
+        "best_source_val_acc": best["source_val_acc"] if best else None,
+        "best_source_val_step": best["step"] if best else None,
+        "target_acc_at_best_source_val": best["target_acc"] if best else None,
+        "target_acc": tgt["accuracy"],
+        "target_mean_class_acc": tgt["mean_class_accuracy"],
+        "target_macro_f1": tgt["macro_f1"],
+        "target_per_class_acc": tgt["per_class_accuracy"],
+        "target_counts": tgt["counts"],
+        "target_entropy": tgt["entropy"],
+        "classes": run.data.class_names,
+        "dropped_classes": run.data.dropped,
+        "skipped_files": run.data.skipped,
+        "n_skipped_files": len(run.data.skipped),
+        "variables": stage.counts,
+        "images_per_s": ips,
+        "wall_time_s": wall,
+    }
