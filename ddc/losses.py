@@ -177,7 +177,7 @@ def mmd2(
     gram = tf.matmul(x, x, transpose_b=True)
     sq = tf.linalg.diag_part(gram)
     d2 = tf.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
-    pass
+    d2 = tf.linalg.set_diag(d2, tf.zeros_like(sq))  # [n+m, n+m]
     total = tf.cast(tf.shape(x)[0], tf.float32)
     base = tf.reduce_sum(d2) / (total * (total - 1.0))
     k = _gaussian(d2, _sigma2(base, multipliers, bandwidths))

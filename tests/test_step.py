@@ -1,0 +1,118 @@
+"""The training step: lambda = 0 is plain cross-entropy; frozen layers stay put; lr multiplier."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ddc.config import FreezeConfig, MMDConfig, ModelConfig, TrainConfig
+from ddc.models import apply_freeze, build_network
+from ddc.train.optim import make_optimizer
+from ddc.train.step import TrainStep
+
+
+def _batch(n=8, size=16, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    xs = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    ys = rng.integers(0, classes, n).astype(np.int32)
+    xt = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return xs, ys, xt
+
+
+def _net(backbone="lenet", size=16, classes=3):
+    keras.utils.set_random_seed(1)
+    return build_network(ModelConfig(backbone=backbone, adapt_width=8), (size, size, 3), classes, None)
+
+
+@pytest.mark.parametrize("use_target", [False, True])
+def test_lambda_zero_step_equals_plain_cross_entropy_sgd(use_target):
+    net = _net()
+    init = [v.numpy().copy() for v in net.model.trainable_variables]
+    lr, mom = 0.05, 0.9
+    tcfg = TrainConfig(optimizer="sgd", lr=lr, momentum=mom)
+    step_var = tf.Variable(0, dtype=tf.int64)
+    opt = make_optimizer(tcfg, step_var, net.model.trainable_variables, [], 1.0, False)
+    step = TrainStep(net.model, opt, MMDConfig(weight=0.0), use_target=use_target)
+    batches = [_batch(seed=s) for s in range(3)]
+    for xs, ys, xt in batches:
+        step(xs, ys, xt, 0.0)
+
+    # Reference: hand-written softmax cross-entropy and momentum SGD on a fresh copy.
+    ref = _net()
+    for v, w in zip(ref.model.trainable_variables, init):
+        v.assign(w)
+    vel = [np.zeros_like(w) for w in init]
+    for xs, ys, _ in batches:
+        with tf.GradientTape() as tape:
+            logits, _ = ref.model(xs, training=True)
+            logp = logits - tf.reduce_logsumexp(logits, axis=1, keepdims=True)
+            loss = -tf.reduce_mean(tf.gather(logp, ys, axis=1, batch_dims=1))
+        grads = tape.gradient(loss, ref.model.trainable_variables)
+        for i, (v, g) in enumerate(zip(ref.model.trainable_variables, grads)):
+            vel[i] = mom * vel[i] - lr * g.numpy()
+            v.assign(v.numpy() + vel[i])
+    for a, b in zip(net.model.trainable_variables, ref.model.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-5, atol=2e-6)
+
+
+def test_step_reports_the_mmd_it_trained_on():
+    from ddc.losses import mmd2
+    net = _net()
+    step_var = tf.Variable(0, dtype=tf.int64)
+    opt = make_optimizer(TrainConfig(lr=1e-9), step_var, net.model.trainable_variables, [], 1.0,
+                         False)
+    step = TrainStep(net.model, opt, MMDConfig(weight=1.0), use_target=True)
+    xs, ys, xt = _batch()
+    _, feats = net.model(np.concatenate([xs, xt]), training=True)
+    expected = float(mmd2(feats[:8], feats[8:]))
+    m = step(xs, ys, xt, 1.0)
+    assert expected > 0
+    np.testing.assert_allclose(float(m["mmd2"]), expected, rtol=1e-4)
+    np.testing.assert_allclose(float(m["total_loss"]), float(m["cls_loss"]) + expected, rtol=1e-4)
+
+
+def test_frozen_layers_and_batchnorm_statistics_do_not_move():
+    keras.utils.set_random_seed(0)
+    net = build_network(ModelConfig(backbone="mobilenet_v2", alpha=0.35, adapt_width=8),
+                        (32, 32, 3), 3, None)
+    frozen = apply_freeze(net.backbone, FreezeConfig(mode="until", layer="block_2_add"))
+    assert frozen[-1] == "block_2_add"
+    frozen_vars = [w for l in net.backbone.layers if l.name in frozen for w in l.weights]
+    moving = [w for w in frozen_vars if "moving" in w.path]
+    assert moving, "expected frozen BatchNorm moving statistics"
+    free_bn = net.backbone.get_layer("block_5_project_BN")
+    before = [w.numpy().copy() for w in frozen_vars]
+    free_before = free_bn.moving_mean.numpy().copy()
+    step_var = tf.Variable(0, dtype=tf.int64)
+    opt = make_optimizer(TrainConfig(lr=0.05), step_var, net.model.trainable_variables, [], 1.0,
+                         False)
+    step = TrainStep(net.model, opt, MMDConfig(weight=0.5), use_target=True)
+    for s in range(3):
+        xs, ys, xt = _batch(size=32, seed=s)
+        step(xs, ys, xt, 0.5)
+    for w, b in zip(frozen_vars, before):
+        np.testing.assert_array_equal(w.numpy(), b, err_msg=w.path)
+    assert np.abs(free_bn.moving_mean.numpy() - free_before).max() > 1e-6  # the test can fail
+
+
+def test_backbone_lr_multiplier_is_exact_for_sgd_and_adam():
+    for name in ("sgd", "adam"):
+        moves = {}
+        for mult in (1.0, 0.1):
+            net = _net()
+            xs, ys, xt = _batch()
+            bb = list(net.backbone.trainable_variables)
+            before = [v.numpy().copy() for v in bb]
+            head_before = [v.numpy().copy() for v in net.head.trainable_variables]
+            opt = make_optimizer(TrainConfig(optimizer=name, lr=0.01, momentum=0.0),
+                                 tf.Variable(0, dtype=tf.int64), net.model.trainable_variables,
+                                 bb, mult, False)
+            TrainStep(net.model, opt, MMDConfig(weight=0.0), use_target=False)(xs, ys, xt, 0.0)
+            moves[mult] = ([v.numpy() - b for v, b in zip(bb, before)],
+                           [v.numpy() - b for v, b in zip(net.head.trainable_variables, head_before)])
+        for d1, d01 in zip(moves[1.0][0], moves[0.1][0]):
+            # float32 rounding of w + dw limits the comparison to ~1e-7 of |w|
+            np.testing.assert_allclose(d01, 0.1 * d1, rtol=1e-2, atol=2e-8)
+            assert np.abs(d1).max() > 1e-5
+        for d1, d01 in zip(moves[1.0][1], moves[0.1][1]):
+            np.testing.assert_allclose(d01, d1, rtol=1e-4, atol=2e-8)
