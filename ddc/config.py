@@ -110,6 +110,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     precision: str = "float32"        # "float32", "mixed_float16", "mixed_bfloat16"
     jit_compile: bool = False
+    distribute: str = "none"          # "none", "mirrored" (GPUs of one machine), "multi_worker" (TF_CONFIG)
     eval_batch_size: int = 128
 
 
@@ -248,6 +249,7 @@ def validate(cfg: Config) -> Config:
     for key in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size"):
         _check(getattr(t, key) >= 1, f"train.{key}", "an integer >= 1", getattr(t, key))
     _choice("train.precision", t.precision, ("float32", "mixed_float16", "mixed_bfloat16"))
+    _choice("train.distribute", t.distribute, ("none", "mirrored", "multi_worker"))
     return cfg
 
 

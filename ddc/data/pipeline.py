@@ -44,44 +44,58 @@ class BatchSampler:
 
 
 def _stream(images: np.ndarray, labels: np.ndarray | None, sampler: BatchSampler,
-            augment: bool, start_step: int) -> tf.data.Dataset:
-    shape = (sampler.batch_size,) + tuple(images.shape[1:])
+            augment: bool, start_step: int, shards: tuple[int, int, int]) -> tf.data.Dataset:
+    """Element k is slice ``first + k % local`` (of ``replicas`` equal slices) of global batch
+    ``start_step + k // local``; one replica: element k is batch ``start_step + k``."""
+    replicas, first, local = shards
+    per = sampler.batch_size // replicas
+    shape = (per,) + tuple(images.shape[1:])
 
-    def get(step):
-        idx = sampler.indices(step)
+    def get(k):
+        step, r = divmod(int(k), local)
+        step += start_step
+        part = slice((first + r) * per, (first + r + 1) * per)
+        idx = sampler.indices(step)[part]
         x = np.asarray(images[idx])
         if augment:
-            f = sampler.flips(step)
+            f = sampler.flips(step)[part]
             x = np.where(f[:, 0, None, None, None], x[:, :, ::-1], x)
             x = np.where(f[:, 1, None, None, None], x[:, ::-1], x)
         y = labels[idx] if labels is not None else np.zeros(len(idx), np.int32)
         return x, y.astype(np.int32)
 
-    def fetch(step):
-        x, y = tf.numpy_function(get, [step], [tf.as_dtype(images.dtype), tf.int32], stateful=False)
+    def fetch(k):
+        x, y = tf.numpy_function(get, [k], [tf.as_dtype(images.dtype), tf.int32], stateful=False)
         x.set_shape(shape)
         y.set_shape(shape[:1])
         return x, y
 
-    ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+    ds = tf.data.Dataset.range(np.iinfo(np.int64).max)
     return ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def train_dataset(source_images, source_labels, target_images, *, batch_size: int, seed: int,
-                  augment: bool, start_step: int = 0, use_target: bool = True) -> tf.data.Dataset:
+                  augment: bool, start_step: int = 0, use_target: bool = True,
+                  shards: tuple[int, int, int] = (1, 0, 1)) -> tf.data.Dataset:
     """Zipped infinite stream of ``(x_s [B,H,W,C], labels_s int32 [B], x_t [B,H,W,C])``.
 
     Images are uint8 (or float32 cached features [B, F] in feature-extractor mode).
-
     Target labels never enter this stream. With ``use_target=False`` (source-only runs) the
     target element is an empty [0, H, W, C] batch so the step signature stays the same.
+    ``shards = (replicas, first replica of this input pipeline, replicas it feeds)`` splits each
+    global batch of ``batch_size`` into per-replica slices (``tf.distribute``); the union of the
+    slices of one step is exactly the one-replica batch of that step.
     """
+    replicas = shards[0]
+    if batch_size % replicas:
+        raise ValueError(f"batch size {batch_size} is not a multiple of {replicas} replicas")
     src = _stream(source_images, source_labels,
-                  BatchSampler(len(source_images), batch_size, seed, SOURCE_STREAM), augment, start_step)
+                  BatchSampler(len(source_images), batch_size, seed, SOURCE_STREAM), augment,
+                  start_step, shards)
     if use_target:
         tgt = _stream(target_images, None,
                       BatchSampler(len(target_images), batch_size, seed, TARGET_STREAM), augment,
-                      start_step).map(lambda x, y: x)
+                      start_step, shards).map(lambda x, y: x)
     else:
         empty = np.zeros((0,) + tuple(target_images.shape[1:]), target_images.dtype)
         tgt = tf.data.Dataset.from_tensors(empty).repeat()

@@ -19,9 +19,9 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from ddc.config import Config
-from ddc.data.pipeline import train_dataset
 from ddc.data.prepare import RunData, data_root_from, prepare_data
 from ddc.models import apply_freeze, build_network, resolve_weights, variable_counts
+from ddc.train.distribute import distributed_stream, make_strategy, worker_index
 from ddc.train.evaluate import evaluate_arrays, extract_features
 from ddc.train.optim import make_optimizer, progress_lr
 from ddc.train.rundir import RunError, prepare_workdir, setup_logging, write_json_atomic
@@ -71,13 +71,15 @@ class _Stage:
             apply_freeze(net.backbone, cfg.model.freeze)
         model = run.train_model
         slow = [] if run.features_mode else list(net.backbone.trainable_variables)
-        self.optimizer = make_optimizer(cfg.train, run.step_var, model.trainable_variables, slow,
-                                        run.backbone_lr_mult, run.loss_scale)
+        with run.strategy.scope():
+            self.optimizer = make_optimizer(cfg.train, run.step_var, model.trainable_variables,
+                                            slow, run.backbone_lr_mult, run.loss_scale)
         self.step = TrainStep(model, self.optimizer, cfg.mmd, use_target=run.use_target,
-                              loss_scale=run.loss_scale, jit_compile=cfg.train.jit_compile)
+                              loss_scale=run.loss_scale, jit_compile=cfg.train.jit_compile,
+                              strategy=run.strategy)
         ckpt = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=run.step_var,
                                    skipped_steps=run.skipped_var)
-        self.manager = tf.train.CheckpointManager(ckpt, str(run.workdir / "checkpoints"),
+        self.manager = tf.train.CheckpointManager(ckpt, str(run.ckpt_dir),
                                                   max_to_keep=cfg.train.keep_checkpoints)
         self.checkpoint = ckpt
         counts = variable_counts(model)
@@ -95,15 +97,25 @@ class _Run:
         self.features_mode = cfg.mode == "features"
         self.use_target = cfg.mmd.weight > 0
         self.loss_scale = t.precision == "mixed_float16"
+        self.strategy = make_strategy(t.distribute)
+        replicas = self.strategy.num_replicas_in_sync
+        if t.batch_size % replicas:
+            raise RunError(f"train.batch_size: {t.batch_size} is not a multiple of the "
+                           f"{replicas} replicas of train.distribute={t.distribute}")
+        worker = worker_index() if t.distribute == "multi_worker" else None
+        self.is_chief = worker is None
+        self.ckpt_dir = workdir / ("checkpoints" if self.is_chief else f".worker{worker}")
         weights = resolve_weights(cfg.model.weights, weights_root)
         shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
-        self.net = build_network(cfg.model, shape, len(data.class_names), weights)
+        with self.strategy.scope():
+            self.net = build_network(cfg.model, shape, len(data.class_names), weights)
+            self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.skipped_var = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                           name="skipped_steps")
         if t.backbone_lr_mult is not None:
             self.backbone_lr_mult = t.backbone_lr_mult
         else:
             self.backbone_lr_mult = 0.1 if weights is not None else 1.0
-        self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.skipped_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
         if self.features_mode:
             self.net.backbone.trainable = False
             self.train_model = self.net.head
@@ -164,7 +176,7 @@ def _saved_step(manager_dir: Path) -> int:
 
 def _train(run: _Run, resume: bool) -> dict:
     cfg, t, workdir = run.cfg, run.cfg.train, run.workdir
-    start = _saved_step(workdir / "checkpoints") if resume else 0
+    start = _saved_step(run.ckpt_dir) if resume else 0
     head_only = start < t.head_only_steps
     stage = _Stage(run, head_only)
     if start:
@@ -172,11 +184,13 @@ def _train(run: _Run, resume: bool) -> dict:
         log.info("resumed from %s at step %d", stage.manager.latest_checkpoint, start)
     history_path = workdir / "metrics.jsonl"
     history = [h for h in _read_history(history_path) if h["step"] <= start]
-    writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
-    ds = train_dataset(run.arrays["source_train"], run.data.source_train.labels,
-                       run.arrays["target"], batch_size=t.batch_size, seed=cfg.seed,
-                       augment=cfg.data.augment and not run.features_mode, start_step=start,
-                       use_target=run.use_target)
+    writer = (tf.summary.create_file_writer(str(workdir / "tensorboard")) if run.is_chief
+              else tf.summary.create_noop_writer())
+    ds = distributed_stream(run.strategy, run.arrays["source_train"],
+                            run.data.source_train.labels, run.arrays["target"],
+                            batch_size=t.batch_size, seed=cfg.seed,
+                            augment=cfg.data.augment and not run.features_mode, start_step=start,
+                            use_target=run.use_target)
     batches = iter(ds)
     per_step = t.batch_size * (2 if run.use_target else 1)
     t_begin, t_first, last_report = time.time(), None, None
@@ -219,8 +233,9 @@ def _train(run: _Run, resume: bool) -> dict:
                 last_report = run.evaluate(step)
                 rec = {k: v for k, v in last_report.items() if not k.startswith("_")}
                 history.append(rec)
-                with open(history_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                if run.is_chief:
+                    with open(history_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
                 with writer.as_default(step=step):
                     for k, v in rec.items():
                         if k != "step" and v is not None:
@@ -243,7 +258,8 @@ def _train(run: _Run, resume: bool) -> dict:
     trained = step - start - 1
     results = _results(run, history, last_report, stage, trained * per_step / elapsed
                        if trained > 0 and elapsed > 0 else None, time.time() - t_begin)
-    write_json_atomic(workdir / "results.json", results)
+    if run.is_chief:
+        write_json_atomic(workdir / "results.json", results)
     log.info("done: target acc %.4f (mean per class %.4f); results in %s", results["target_acc"],
              results["target_mean_class_acc"], workdir / "results.json")
     return results

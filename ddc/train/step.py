@@ -3,6 +3,12 @@
 Finetune and source-only runs are this step with frozen variables and lambda = 0; DDC is this
 step with lambda > 0. With ``use_target=False`` (lambda = 0 for the whole run) the target batch
 is not passed through the network at all, so a source-only step is exactly a cross-entropy step.
+
+Under a ``tf.distribute`` strategy with R replicas each replica holds B/R source and B/R target
+images. The cross-entropy is summed locally and divided by the global batch B; the features are
+gathered from all replicas (``all_gather``, whose gradient sums over replicas) so MMD^2 is the
+global batch's value whatever R; every replica then adds ``lambda * MMD^2 / R`` to its loss,
+since the optimizer sums the R replicas' gradients. One replica is the plain case.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from ddc.config import MMDConfig
-from ddc.losses import classification_loss, mmd2
+from ddc.losses import mmd2
 
 
 class TrainStep:
@@ -24,48 +30,79 @@ class TrainStep:
         use_target: pass the target batch through the network and compute MMD^2.
         loss_scale: the optimizer is a ``LossScaleOptimizer`` (mixed float16).
         jit_compile: compile the step with XLA.
+        strategy: the ``tf.distribute`` strategy the model was built under (default: none).
 
     Build it after trainability is final: the variable list is captured here.
     """
 
     def __init__(self, model: keras.Model, optimizer, mmd: MMDConfig, *, use_target: bool,
-                 loss_scale: bool = False, jit_compile: bool = False):
+                 loss_scale: bool = False, jit_compile: bool = False, strategy=None):
         self.model, self.optimizer, self.mmd = model, optimizer, mmd
         self.use_target, self.loss_scale = use_target, loss_scale
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
         self.variables = list(model.trainable_variables)
-        self._fn = tf.function(self._step, jit_compile=jit_compile, reduce_retracing=True)
+        replica_fn = self._replica_step
+        if jit_compile:  # XLA inside each replica; strategy.run itself cannot be compiled
+            replica_fn = tf.function(self._replica_step, jit_compile=True)
+        self._replica_fn = replica_fn
+        self._fn = tf.function(self._step, reduce_retracing=True)
 
     def domain_loss(self, f_s, f_t):
         return mmd2(f_s, f_t, kernel=self.mmd.kernel, estimator=self.mmd.estimator,
                     multipliers=tuple(self.mmd.multipliers))
 
-    def _step(self, x_s, labels_s, x_t, lam):
+    def _replica_step(self, x_s, labels_s, x_t, lam):
         n = tf.shape(x_s)[0]
+        global_n = tf.cast(n * self.replicas, tf.float32)
         with tf.GradientTape() as tape:
             x = tf.concat([x_s, x_t], axis=0) if self.use_target else x_s
             logits, features = self.model(x, training=True)
-            cls = classification_loss(labels_s, logits[:n])
+            logits_s = tf.cast(logits[:n], tf.float32)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels_s, logits=logits_s)
+            cls_part = tf.reduce_sum(ce) / global_n  # this replica's share of the global mean
             f_s = tf.cast(features[:n], tf.float32)
             if self.use_target:
-                domain = self.domain_loss(features[:n], features[n:])
+                f_t = tf.cast(features[n:], tf.float32)
+                if self.replicas > 1:
+                    ctx = tf.distribute.get_replica_context()
+                    f_s, f_t = ctx.all_gather(f_s, axis=0), ctx.all_gather(f_t, axis=0)
+                domain = self.domain_loss(f_s, f_t)
             else:
                 domain = tf.zeros([], tf.float32)
-            total = cls + lam * domain
+            loss = cls_part + lam * domain / self.replicas
             if self.model.losses:
-                total += tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses])
-            scaled = self.optimizer.scale_loss(total) if self.loss_scale else total
+                loss += tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]) / self.replicas
+            scaled = self.optimizer.scale_loss(loss) if self.loss_scale else loss
         grads = tape.gradient(scaled, self.variables)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
-                               + [tf.math.is_finite(total)])
+                               + [tf.math.is_finite(loss)])
         self.optimizer.apply(grads, self.variables)
-        pred = tf.argmax(logits[:n], axis=-1, output_type=tf.int32)
+        pred = tf.argmax(logits_s, axis=-1, output_type=tf.int32)
+        correct = tf.reduce_sum(tf.cast(tf.equal(pred, labels_s), tf.float32))
+        return {"cls_loss": cls_part, "mmd2": domain, "correct": correct / global_n,
+                "feature_norm": tf.reduce_mean(tf.norm(f_s[:n], axis=-1)) / self.replicas,
+                "finite": tf.cast(finite, tf.float32)}
+
+    def _step(self, x_s, labels_s, x_t, lam):
+        if self.replicas == 1:
+            out = self._replica_fn(x_s, labels_s, x_t, lam)
+        else:
+            per = self.strategy.run(self._replica_fn, args=(x_s, labels_s, x_t, lam))
+            red = self.strategy.reduce
+            SUM, MEAN = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
+            out = {"cls_loss": red(SUM, per["cls_loss"], axis=None),
+                   "mmd2": red(MEAN, per["mmd2"], axis=None),
+                   "correct": red(SUM, per["correct"], axis=None),
+                   "feature_norm": red(SUM, per["feature_norm"], axis=None),
+                   "finite": self.strategy.reduce(MEAN, per["finite"], axis=None)}
         return {
-            "cls_loss": cls,
-            "mmd2": domain,
-            "total_loss": total,
-            "source_acc": tf.reduce_mean(tf.cast(tf.equal(pred, labels_s), tf.float32)),
-            "feature_norm": tf.reduce_mean(tf.norm(f_s, axis=-1)),
-            "finite": finite,
+            "cls_loss": out["cls_loss"],
+            "mmd2": out["mmd2"],
+            "total_loss": out["cls_loss"] + lam * out["mmd2"],
+            "source_acc": out["correct"],
+            "feature_norm": out["feature_norm"],
+            "finite": tf.equal(out["finite"], 1.0),
         }
 
     def __call__(self, x_s, labels_s, x_t, lam: float):

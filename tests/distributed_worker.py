@@ -1,0 +1,61 @@
+"""Run in a subprocess by test_distribute.py: one vs two replicas on two logical CPUs.
+
+Prints one JSON line: the losses of both runs and the largest weight difference.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ddc.config import MMDConfig, ModelConfig, TrainConfig  # noqa: E402
+from ddc.models import build_network  # noqa: E402
+from ddc.train.distribute import distributed_stream, make_strategy  # noqa: E402
+from ddc.train.optim import make_optimizer  # noqa: E402
+from ddc.train.step import TrainStep  # noqa: E402
+
+LAM = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+rng = np.random.default_rng(0)
+xs = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+ys = rng.integers(0, 3, 40).astype(np.int32)
+xt = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+keras.utils.set_random_seed(0)
+init = build_network(ModelConfig(backbone="lenet", adapt_width=16), (16, 16, 3), 3, None)
+init_weights = [w.numpy() for w in init.model.weights]
+
+
+def run(kind: str):
+    strategy = make_strategy(kind)
+    with strategy.scope():
+        net = build_network(ModelConfig(backbone="lenet", adapt_width=16), (16, 16, 3), 3, None)
+        for w, v in zip(net.model.weights, init_weights):
+            w.assign(v)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        opt = make_optimizer(TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9), step_var,
+                             net.model.trainable_variables, [], 1.0, False)
+    step = TrainStep(net.model, opt, MMDConfig(weight=LAM), use_target=True, strategy=strategy)
+    it = iter(distributed_stream(strategy, xs, ys, xt, batch_size=8, seed=3, augment=True))
+    losses = []
+    for _ in range(int(os.environ.get("STEPS", 2))):
+        m = step(*next(it), LAM)
+        step_var.assign_add(1)
+        losses.append([float(m["cls_loss"]), float(m["mmd2"]), float(m["source_acc"])])
+    return strategy.num_replicas_in_sync, losses, [w.numpy() for w in net.model.weights]
+
+
+r1, l1, w1 = run("none")
+r2, l2, w2 = run("mirrored")
+print(json.dumps({"replicas": [r1, r2], "losses_1": l1, "losses_2": l2,
+                  "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(w1, w2)),
+                  "max_weight_change": max(float(np.abs(a - b).max())
+                                           for a, b in zip(w1, init_weights))}))
