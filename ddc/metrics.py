@@ -53,3 +53,11 @@ def mean_entropy(logits) -> float:
     p = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
     return float(-(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1).mean())
+
+
+def softmax(logits) -> np.ndarray:
+    """Row-wise softmax probabilities float64 [N, K] of ``logits`` [N, K] (each row sums to 1)."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)

@@ -12,16 +12,49 @@ from ddc.data.images import DataError
 log = logging.getLogger(__name__)
 
 
+def mapped_names(names: list, class_map: dict, key: str, where: str = "") -> list:
+    """The sorted class names after ``class_map``.
+
+    Raises:
+        DataError: the map names a class that is not in ``names``.
+    """
+    missing = sorted(set(class_map) - set(names))
+    if missing:
+        raise DataError(f"{key}.class_map: class {missing[0]!r} not found in {where or key} "
+                        f"(its classes: {', '.join(names)})")
+    return sorted({class_map.get(c, c) for c in names})
+
+
+def shared_classes(source_names: list, target_names: list, source_map: dict, target_map: dict,
+                   source_where: str = "", target_where: str = "") -> list:
+    """The classes both domains have after their class maps, checked by name only (so a
+    folder tree can be checked before any image is decoded).
+
+    Raises:
+        DataError: a map names a class the domain lacks, a target map value is not a source
+            class, or the domains share no class.
+    """
+    src = mapped_names(source_names, source_map, "data.source", source_where)
+    unknown = sorted(set(target_map.values()) - set(src))
+    if unknown:
+        raise DataError(f"data.target.class_map: maps onto {unknown[0]!r}, which is not a source "
+                        f"class (source classes: {', '.join(src)})")
+    tgt = mapped_names(target_names, target_map, "data.target", target_where)
+    shared = sorted(set(src) & set(tgt))
+    if not shared:
+        raise DataError(f"no class shared by {source_where or 'data.source'} ({', '.join(src)}) "
+                        f"and {target_where or 'data.target'} ({', '.join(tgt)}); "
+                        "set data.target.class_map")
+    return shared
+
+
 def apply_class_map(domain: Domain, class_map: dict, key: str) -> Domain:
     """Renames a domain's classes by ``class_map`` (many-to-one allowed), merging labels.
 
     Raises:
         DataError: the map names a class the domain does not have.
     """
-    missing = sorted(set(class_map) - set(domain.class_names))
-    if missing:
-        raise DataError(f"{key}.class_map: class {missing[0]!r} not found in {domain.name} "
-                        f"(its classes: {', '.join(domain.class_names)})")
+    mapped_names(domain.class_names, class_map, key, domain.name)
     mapped = [class_map.get(c, c) for c in domain.class_names]
     names = sorted(set(mapped))
     remap = np.array([names.index(m) for m in mapped], np.int32)
@@ -51,16 +84,10 @@ def align_domains(source: Domain, target: Domain, source_map: dict, target_map: 
         (source, target, class_names, dropped) where ``dropped`` maps a domain key to the
         class names removed from it.
     """
+    shared = shared_classes(source.class_names, target.class_names, source_map, target_map,
+                            source.name, target.name)
     source = apply_class_map(source, source_map, "data.source")
-    unknown = sorted(set(target_map.values()) - set(source.class_names))
-    if unknown:
-        raise DataError(f"data.target.class_map: maps onto {unknown[0]!r}, which is not a source "
-                        f"class (source classes: {', '.join(source.class_names)})")
     target = apply_class_map(target, target_map, "data.target")
-    shared = sorted(set(source.class_names) & set(target.class_names))
-    if not shared:
-        raise DataError(f"no class shared by {source.name} ({', '.join(source.class_names)}) and "
-                        f"{target.name} ({', '.join(target.class_names)}); set data.target.class_map")
     dropped = {
         "data.source": sorted(set(source.class_names) - set(shared)),
         "data.target": sorted(set(target.class_names) - set(shared)),

@@ -12,13 +12,21 @@ Decoding rules (documented in the README, relied on by tests):
   gray+alpha drops alpha, three or more bands become the ITU-R 601 luma of the first three
   (0.299 R + 0.587 G + 0.114 B).
 * Size: every image is resized (bilinear, antialiased) to ``size x size``, aspect ratio not kept.
+* Multi-band TIFF: the samples axis ``S`` that ``tifffile`` reports is moved last whether the
+  file is contiguous (``YXS``) or planar (``SYX``); without one, a ``[bands, H, W]`` stack of at
+  most 16 pages whose last axis is longer than 16 is read as bands-first.
+* Float images: NaN becomes 0 and +-inf is clipped (NaN is a common no-data value).
 * Files whose extension is not an image extension (``.DS_Store``, ``Thumbs.db``, ``notes.txt``)
-  are ignored; a file with an image extension that cannot be decoded is an error (or a logged
-  skip when the config allows it).
+  and hidden files (``._x.jpg``) are ignored; a file with an image extension that cannot be
+  decoded (empty, truncated, not an image, unreadable, a broken link) is an error, or a logged
+  skip when ``data.skip_bad_files`` allows it. TensorFlow's decoders reject truncated JPEG,
+  PNG, GIF and BMP files (JPEG even when only the end-of-image marker is missing), so no extra
+  check is needed.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +40,10 @@ class DataError(ValueError):
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+    """An image by its name: not hidden, an image extension. A broken link or an unreadable file
+    with such a name counts, so that decoding reports it instead of it vanishing silently."""
+    return (not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+            and not path.is_dir())
 
 
 def to_float255(arr: np.ndarray) -> np.ndarray:
@@ -43,7 +54,9 @@ def to_float255(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.bool_:
         return arr.astype(np.float32) * 255.0
     arr = arr.astype(np.float32)
-    finite_max = float(np.nanmax(arr)) if arr.size else 0.0
+    arr = np.where(np.isnan(arr), np.float32(0), arr)
+    finite = arr[np.isfinite(arr)]
+    finite_max = float(finite.max()) if finite.size else 0.0
     return np.clip(arr * 255.0 if finite_max <= 1.0 else arr, 0.0, 255.0)
 
 
@@ -65,12 +78,19 @@ def to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
-    arr = tifffile.imread(str(path))
-    arr = np.squeeze(arr)
-    if arr.ndim == 3 and arr.shape[0] <= 16 and arr.shape[-1] > 16:
-        arr = np.moveaxis(arr, 0, -1)  # planar (bands, H, W) -> (H, W, bands)
+    with tifffile.TiffFile(str(path)) as tif:
+        series = tif.series[0]
+        arr, axes = series.asarray(), series.axes
+    if all(a in axes for a in "YXS") and arr.ndim == len(axes):
+        # samples (bands) last, contiguous (YXS) or planar (SYX); first page of any other axis
+        arr = np.moveaxis(arr, [axes.index(a) for a in "YXS"], [-3, -2, -1])
+        arr = arr.reshape((-1,) + arr.shape[-3:])[0]
+    else:
+        arr = np.squeeze(arr)
+        if arr.ndim == 3 and arr.shape[0] <= 16 and arr.shape[-1] > 16:
+            arr = np.moveaxis(arr, 0, -1)  # a stack of band pages (bands, H, W) -> (H, W, bands)
     if arr.ndim not in (2, 3):
-        raise ValueError(f"unsupported TIFF array shape {arr.shape}")
+        raise ValueError(f"unsupported TIFF array shape {arr.shape} (axes {axes})")
     return arr
 
 
@@ -78,6 +98,16 @@ def _read_other(data: bytes) -> np.ndarray:
     import tensorflow as tf
 
     return tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False).numpy()
+
+
+def _reason(e: Exception) -> str:
+    """The first line of a decoder error without TensorFlow's op and device decorations."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = re.sub(r"\{\{[^}]*\}\}\s*", "", msg)  # {{function_node __wrapped__DecodeImage...}}
+    msg = re.sub(r"\s*\[Op:\w+\]", "", msg)    # [Op:DecodeImage]
+    return msg.strip() or type(e).__name__
 
 
 def decode_image(path: str | Path, size: int, channels: int) -> np.ndarray:
@@ -88,6 +118,8 @@ def decode_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     """
     path = Path(path)
     try:
+        if path.is_symlink() and not path.exists():
+            raise ValueError(f"broken link to {path.readlink()}")
         if path.stat().st_size == 0:
             raise ValueError("empty file (0 bytes)")
         if path.suffix.lower() in TIFF_EXTENSIONS:
@@ -100,8 +132,7 @@ def decode_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     except DataError:
         raise
     except Exception as e:  # decoder errors come in many types; each names this file
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: cannot decode image ({msg})") from None
+        raise DataError(f"{path}: cannot decode image ({_reason(e)})") from None
     if arr.shape[:2] != (size, size):
         import tensorflow as tf
 

@@ -1,26 +1,37 @@
 """Synthetic shape domains for the no-download demo and for tests.
 
-Two domains share five shape classes (circle, square, triangle, plus, ring) at random
-positions, sizes and rotations:
+Two domains share five shape classes (circle, square, triangle, plus, ring), drawn at random
+positions, sizes and rotations with anti-aliased edges:
 
-* ``shapes-plain``: light shapes on a dark, nearly uniform background (the labelled source).
-* ``shapes-textured``: shapes of random colour on random-colour, smoothly textured backgrounds,
-  sometimes darker than their background (the unlabelled target), in the spirit of MNIST-M.
+* ``shapes-plain``: light grey shapes on a dark, nearly uniform background, like MNIST digits
+  (the labelled source).
+* ``shapes-textured``: the same kind of shapes blended into random colour textures the way
+  MNIST-M blends digits into photo patches, ``|background - 255 * shape|``: inside the shape
+  each channel is inverted, so a shape is lighter than its background on dark textures and
+  darker on light ones, and barely visible where the texture is mid-grey (the unlabelled target).
 
-The images are a fixed function of the domain name (own seed), not of the run's seed, so every
-run and every machine sees the same data.
+The images are a fixed function of the domain name (each domain has its own seed), not of the
+run's seed, so every run on every machine sees the same data. Images come class-interleaved
+(circle, square, ..., circle, ...), so a smaller ``max_per_class`` gives a prefix of the images
+a larger one gives.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 
 CLASSES = ("circle", "square", "triangle", "plus", "ring")
 DOMAINS = ("shapes-plain", "shapes-textured")
+DEFAULT_PER_CLASS = 200
+_SUPERSAMPLE = 3  # mask resolution factor for anti-aliased edges
 
 
 def _mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    """Coverage in [0, 1], float32 [size, size], of one randomly placed shape."""
+    n = size * _SUPERSAMPLE
+    yy, xx = (np.mgrid[0:n, 0:n].astype(np.float32) + 0.5) / n
     r = rng.uniform(0.2, 0.32)
     cx, cy = rng.uniform(r + 0.05, 0.95 - r, size=2)
     angle = rng.uniform(0, np.pi)
@@ -28,63 +39,107 @@ def _mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     u = np.cos(angle) * dx + np.sin(angle) * dy
     v = -np.sin(angle) * dx + np.cos(angle) * dy
     if kind == "circle":
-        return dx ** 2 + dy ** 2 <= r ** 2
-    if kind == "ring":
+        inside = dx ** 2 + dy ** 2 <= r ** 2
+    elif kind == "ring":
         d = np.sqrt(dx ** 2 + dy ** 2)
-        return (d <= r) & (d >= 0.55 * r)
-    if kind == "square":
-        return (np.abs(u) <= 0.8 * r) & (np.abs(v) <= 0.8 * r)
-    if kind == "plus":
+        inside = (d <= r) & (d >= 0.55 * r)
+    elif kind == "square":
+        inside = (np.abs(u) <= 0.8 * r) & (np.abs(v) <= 0.8 * r)
+    elif kind == "plus":
         w = 0.3 * r
-        return ((np.abs(u) <= r) & (np.abs(v) <= w)) | ((np.abs(v) <= r) & (np.abs(u) <= w))
-    # triangle: intersection of three half-planes at 120 degrees
-    inside = np.ones_like(u, bool)
-    for k in range(3):
-        a = angle + k * 2 * np.pi / 3
-        inside &= (np.cos(a) * dx + np.sin(a) * dy) <= 0.5 * r
-    return inside
+        inside = ((np.abs(u) <= r) & (np.abs(v) <= w)) | ((np.abs(v) <= r) & (np.abs(u) <= w))
+    else:  # triangle: intersection of three half-planes at 120 degrees
+        inside = np.ones_like(u, bool)
+        for k in range(3):
+            a = angle + k * 2 * np.pi / 3
+            inside &= (np.cos(a) * dx + np.sin(a) * dy) <= 0.5 * r
+    s = _SUPERSAMPLE
+    return inside.reshape(size, s, size, s).mean(axis=(1, 3), dtype=np.float32)
 
 
-def _smooth_noise(size: int, rng: np.random.Generator, cells: int = 4) -> np.ndarray:
-    coarse = rng.random((cells, cells, 3)).astype(np.float32)
+def _upsample(coarse: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling of a [c, c, 3] grid to [size, size, 3]."""
+    cells = coarse.shape[0]
     idx = np.linspace(0, cells - 1, size)
     i0 = np.floor(idx).astype(int)
     i1 = np.minimum(i0 + 1, cells - 1)
-    w = (idx - i0)[:, None]
-    rows = coarse[i0] * (1 - w[:, :, None]) + coarse[i1] * w[:, :, None]
-    return rows[:, i0] * (1 - w[None, :, :]) + rows[:, i1] * w[None, :, :]
+    w = (idx - i0).astype(np.float32)
+    rows = coarse[i0] * (1 - w[:, None, None]) + coarse[i1] * w[:, None, None]
+    return rows[:, i0] * (1 - w[None, :, None]) + rows[:, i1] * w[None, :, None]
+
+
+def _texture(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random colour texture in [0, 255], float32 [size, size, 3]: a colour gradient plus two
+    octaves of smooth noise (a stand-in for the photo patches of MNIST-M)."""
+    base = rng.uniform(0, 1, size=3)
+    coarse = _upsample(rng.random((3, 3, 3), np.float32), size)
+    fine = _upsample(rng.random((size // 4 + 1, size // 4 + 1, 3), np.float32), size)
+    tex = 0.4 * base + 0.4 * coarse + 0.2 * fine
+    # stretch each image's contrast to a random range so that textures are not all mid-grey
+    lo, hi = tex.min(), tex.max()
+    span = rng.uniform(0.5, 1.0)
+    start = rng.uniform(0, 1 - span)
+    return ((tex - lo) / max(hi - lo, 1e-6) * span + start).astype(np.float32) * 255.0
 
 
 def render(domain: str, kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One float32 [size, size, 3] image in [0, 255]."""
+    """One float32 [size, size, 3] image in [0, 255] of shape ``kind`` in ``domain``."""
     m = _mask(kind, size, rng)[:, :, None]
     if domain == "shapes-plain":
         fg = rng.uniform(180, 255)
         bg = rng.uniform(0, 40)
-        img = np.where(m, fg, bg) + rng.normal(0, 6, (size, size, 1))
+        img = bg + (fg - bg) * m + rng.normal(0, 6, (size, size, 1)).astype(np.float32)
         img = np.repeat(img, 3, axis=-1)
     else:
-        bg = _smooth_noise(size, rng) * 255.0
-        fg = rng.uniform(0, 255, size=3)
-        img = np.where(m, 0.7 * fg + 0.3 * bg, bg) + rng.normal(0, 10, (size, size, 3))
+        import os
+        v = os.environ.get("SYNV", "a")
+        bg = _texture(size, rng)
+        if v == "a":
+            img = np.abs(bg - 255.0 * m) + rng.normal(0, 6, (size, size, 3)).astype(np.float32)
+        else:
+            bg = bg * 0.6
+            delta = rng.uniform(60, 140)
+            tint = rng.uniform(0.5, 1.0, size=3).astype(np.float32)
+            img = bg + delta * tint * m + rng.normal(0, 10, (size, size, 3)).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.float32)
 
 
+def domain_seed(name: str) -> int:
+    """The fixed seed of a synthetic domain (a checksum of its name)."""
+    return zlib.crc32(name.encode())
+
+
+def make_arrays(name: str, size: int, channels: int, per_class: int = DEFAULT_PER_CLASS):
+    """Images uint8 [per_class * 5, size, size, channels] and labels int32, class-interleaved.
+
+    Raises:
+        ValueError: an unknown domain name.
+    """
+    from ddc.data.images import to_channels
+
+    if name not in DOMAINS:
+        raise ValueError(f"unknown synthetic domain {name!r} (known: {', '.join(DOMAINS)})")
+    rng = np.random.default_rng(domain_seed(name))
+    images = np.empty((per_class * len(CLASSES), size, size, channels), np.uint8)
+    labels = np.tile(np.arange(len(CLASSES), dtype=np.int32), per_class)
+    for i, label in enumerate(labels):
+        img = to_channels(render(name, CLASSES[label], size, rng), channels)
+        images[i] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return images, labels
+
+
 def make_domain(name: str, key: str, size: int, channels: int, *, max_per_class: int | None = None):
-    """Builds a synthetic :class:`~ddc.data.domains.Domain` (200 images a class by default)."""
+    """Builds a synthetic :class:`~ddc.data.domains.Domain` (200 images a class by default).
+
+    Raises:
+        DataError: an unknown domain name (the message names ``key``.synthetic).
+    """
     from ddc.data.domains import Domain
-    from ddc.data.images import DataError, to_channels
+    from ddc.data.images import DataError
 
     if name not in DOMAINS:
         raise DataError(f"{key}.synthetic: unknown synthetic domain {name!r} "
                         f"(known: {', '.join(DOMAINS)})")
-    per_class = max_per_class or 200
-    rng = np.random.default_rng(DOMAINS.index(name) + 1234)
-    images, labels = [], []
-    for i in range(per_class):
-        for label, kind in enumerate(CLASSES):
-            img = to_channels(render(name, kind, size, rng), channels)
-            images.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
-            labels.append(label)
+    images, labels = make_arrays(name, size, channels, max_per_class or DEFAULT_PER_CLASS)
     paths = [f"synthetic:{name}#{i}" for i in range(len(images))]
-    return Domain(key, np.stack(images), np.asarray(labels, np.int32), list(CLASSES), paths)
+    return Domain(key, images, labels, list(CLASSES), paths)

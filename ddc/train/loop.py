@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +56,28 @@ def _read_history(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             pass
     return out
+
+
+class _InterruptFlag:
+    """Turns the first Ctrl-C into a flag the loop checks between steps, so the checkpoint it
+    saves is consistent (the step counter and the weights agree); a second Ctrl-C interrupts at
+    once."""
+
+    def __init__(self):
+        self.raised = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+        log.warning("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+
+    def restore(self):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
 
 
 class _Stage:
@@ -193,23 +217,30 @@ def _train(run: _Run, resume: bool) -> dict:
                             use_target=run.use_target)
     batches = iter(ds)
     per_step = t.batch_size * (2 if run.use_target else 1)
-    t_begin, t_first, last_report = time.time(), None, None
+    t_begin, last_report = time.time(), None
+    train_time, timed_steps = 0.0, 0
     pbar = tqdm(total=t.steps, initial=start, desc=cfg.name, unit="step", disable=None)
     step = start
+    stop = _InterruptFlag()
     try:
         while step < t.steps:
+            if stop.raised:
+                raise KeyboardInterrupt
             if head_only and step >= t.head_only_steps:
                 head_only = False
                 stage.manager.save(checkpoint_number=step)
                 stage = _Stage(run, head_only=False)
+            t0 = time.perf_counter()
             x_s, y_s, x_t = next(batches)
             lam = lambda_at(cfg, step)
             m = stage.step(x_s, y_s, x_t, lam)
             run.step_var.assign_add(1)
             step += 1
-            if t_first is None:
-                t_first = time.time()  # the first step includes tracing: not in the throughput
-            if not bool(m["finite"]):
+            finite = bool(m["finite"])  # waits for the step: the timing below is honest
+            if step > start + 1:  # the first step includes tracing: not in the throughput
+                train_time += time.perf_counter() - t0
+                timed_steps += 1
+            if not finite:
                 if run.loss_scale:
                     run.skipped_var.assign_add(1)
                     log.warning("step %d: non-finite gradients under float16 loss scaling, "
@@ -250,14 +281,13 @@ def _train(run: _Run, resume: bool) -> dict:
         raise RunInterrupted(f"interrupted at step {step}; checkpoint saved in "
                              f"{workdir / 'checkpoints'}; run the same command to resume") from None
     finally:
+        stop.restore()
         pbar.close()
         writer.flush()
     if last_report is None:  # resumed a run that had already finished
         last_report = run.evaluate(step)
-    elapsed = time.time() - (t_first or time.time())
-    trained = step - start - 1
-    results = _results(run, history, last_report, stage, trained * per_step / elapsed
-                       if trained > 0 and elapsed > 0 else None, time.time() - t_begin)
+    ips = timed_steps * per_step / train_time if timed_steps and train_time > 0 else None
+    results = _results(run, history, last_report, stage, ips, time.time() - t_begin)
     if run.is_chief:
         write_json_atomic(workdir / "results.json", results)
     log.info("done: target acc %.4f (mean per class %.4f); results in %s", results["target_acc"],
