@@ -117,7 +117,10 @@ class TrainConfig:
 @dataclass
 class Config:
     name: str = "run"
-    mode: str = "train"               # "train" (through the network) or "features" (cached backbone features)
+    # "train": through the whole network; "features": the frozen start of the backbone runs once
+    # over the data and its output is cached; the rest trains on the cache (exactly the same
+    # model and loss, much faster)
+    mode: str = "train"
     seed: int = 0
     deterministic: bool = False
     data: DataConfig = field(default_factory=DataConfig)
@@ -197,6 +200,11 @@ def validate(cfg: Config) -> Config:
     """Rejects impossible values; returns ``cfg`` unchanged when it is usable."""
     _choice("mode", cfg.mode, ("train", "features"))
     d, m, t, k = cfg.data, cfg.model, cfg.train, cfg.mmd
+    if cfg.mode == "features":
+        _check(not d.augment, "data.augment", "false in mode \"features\" (cached features "
+               "cannot be flipped)", d.augment)
+        _check(m.freeze.mode != "none", "model.freeze.mode", "a frozen start of the backbone in "
+               "mode \"features\" (backbone, first_n, until or prefix)", m.freeze.mode)
     for name, dom in (("data.source", d.source), ("data.target", d.target)):
         given = [s for s in ("root", "tfds", "synthetic") if getattr(dom, s)]
         _check(len(given) == 1, name, "exactly one of root, tfds or synthetic", given)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from ddc.data.pipeline import eval_batches
 from ddc.metrics import classification_report, mean_entropy
@@ -33,14 +34,16 @@ def evaluate_arrays(predict, inputs, labels, class_names, batch_size: int) -> di
     return report
 
 
-def extract_features(net, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Pooled backbone features float32 [N, F] of ``images`` (inference mode), computed once."""
+def extract_features(bottom, preprocess, images: np.ndarray, batch_size: int,
+                     desc: str = "features") -> np.ndarray:
+    """``bottom(preprocess(images))`` in inference mode, float32 [N, ...], computed once."""
     @tf.function(reduce_retracing=True)
     def features(x):
-        return tf.cast(net.backbone(net.preprocess(x), training=False), tf.float32)
+        return tf.cast(bottom(preprocess(x), training=False), tf.float32)
 
     out = []
     n = len(images)
-    for start, x in eval_batches(images, batch_size):
+    for start, x in tqdm(eval_batches(images, batch_size), total=-(-n // batch_size), desc=desc,
+                         unit="batch", leave=False, disable=None):
         out.append(features(tf.convert_to_tensor(x)).numpy()[:min(batch_size, n - start)])
-    return np.concatenate(out) if out else np.zeros((0, net.feature_dim), np.float32)
+    return np.concatenate(out)

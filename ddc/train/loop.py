@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ddc.config import Config
 from ddc.data.prepare import RunData, data_root_from, prepare_data
 from ddc.models import apply_freeze, build_network, resolve_weights, variable_counts
+from ddc.models.split import split_at_frozen_prefix
 from ddc.train.distribute import distributed_stream, make_strategy, worker_index
 from ddc.train.evaluate import evaluate_arrays, extract_features
 from ddc.train.optim import make_optimizer, progress_lr
@@ -89,19 +90,20 @@ class _Stage:
 
     def __init__(self, run: "_Run", head_only: bool):
         cfg, net = run.cfg, run.net
-        if run.features_mode or head_only:
+        if head_only:
             net.backbone.trainable = False
         else:
             apply_freeze(net.backbone, cfg.model.freeze)
         model = run.train_model
-        slow = [] if run.features_mode else list(net.backbone.trainable_variables)
+        slow = list(net.backbone.trainable_variables)
         with run.strategy.scope():
             self.optimizer = make_optimizer(cfg.train, run.step_var, model.trainable_variables,
                                             slow, run.backbone_lr_mult, run.loss_scale)
         self.step = TrainStep(model, self.optimizer, cfg.mmd, use_target=run.use_target,
                               loss_scale=run.loss_scale, jit_compile=cfg.train.jit_compile,
                               strategy=run.strategy)
-        ckpt = tf.train.Checkpoint(model=model, optimizer=self.optimizer, step=run.step_var,
+        # the full network is saved in every mode, so any checkpoint restores a whole model
+        ckpt = tf.train.Checkpoint(model=net.model, optimizer=self.optimizer, step=run.step_var,
                                    skipped_steps=run.skipped_var)
         self.manager = tf.train.CheckpointManager(ckpt, str(run.ckpt_dir),
                                                   max_to_keep=cfg.train.keep_checkpoints)
@@ -141,9 +143,11 @@ class _Run:
         else:
             self.backbone_lr_mult = 0.1 if weights is not None else 1.0
         if self.features_mode:
-            self.net.backbone.trainable = False
-            self.train_model = self.net.head
-            self.arrays = {k: extract_features(self.net, getattr(data, k).images, t.eval_batch_size)
+            apply_freeze(self.net.backbone, cfg.model.freeze)
+            bottom, self.train_model, cut = split_at_frozen_prefix(self.net)
+            log.info("feature-extractor mode: caching the output of %s", cut)
+            self.arrays = {k: extract_features(bottom, self.net.preprocess, getattr(data, k).images,
+                                               t.eval_batch_size, desc=k)
                            for k in ("source_train", "source_val", "target")}
         else:
             self.train_model = self.net.model
