@@ -263,3 +263,13 @@ def test_classification_loss_matches_numpy(dtype):
     got = classification_loss(labels, logits)
     assert got.dtype == tf.float32
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_bandwidth_base_matches_double_loop():
+    from ddc.losses import bandwidth_base
+
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(5, 4)), rng.normal(size=(3, 4)) + 2.0
+    x = np.concatenate([a, b])
+    ref = np.mean([np.sum((x[i] - x[j]) ** 2) for i in range(8) for j in range(8) if i != j])
+    np.testing.assert_allclose(float(bandwidth_base(a, b)), ref, rtol=1e-5)

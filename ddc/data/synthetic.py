@@ -96,6 +96,12 @@ def render(domain: str, kind: str, size: int, rng: np.random.Generator) -> np.nd
         bg = _texture(size, rng)
         if v == "a":
             img = np.abs(bg - 255.0 * m) + rng.normal(0, 6, (size, size, 3)).astype(np.float32)
+        elif v == "c":
+            c0 = rng.uniform(60, 190, size=3).astype(np.float32)
+            bg = c0 + 0.35 * (bg - bg.mean(axis=(0, 1)))
+            delta = rng.uniform(50, 110)
+            tint = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
+            img = bg + delta * tint * m + rng.normal(0, 25, (size, size, 3)).astype(np.float32)
         else:
             bg = bg * 0.6
             delta = rng.uniform(60, 140)

@@ -259,7 +259,8 @@ def _train(run: _Run, resume: bool) -> dict:
                 pbar.set_postfix(cls=f"{vals['cls_loss']:.3f}", mmd2=f"{vals['mmd2']:.4f}",
                                  refresh=False)
                 with writer.as_default(step=step):
-                    for k in ("cls_loss", "mmd2", "total_loss", "source_acc", "feature_norm"):
+                    for k in ("cls_loss", "mmd2", "total_loss", "source_acc", "feature_norm",
+                              "bandwidth_base"):
                         tf.summary.scalar(f"train/{k}", vals[k])
                     tf.summary.scalar("train/skipped_steps", int(run.skipped_var.numpy()))
                     tf.summary.scalar("lr", float(progress_lr(t, step - 1)))

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from ddc.config import MMDConfig
-from ddc.losses import mmd2
+from ddc.losses import bandwidth_base, mmd2
 
 
 class TrainStep:
@@ -68,8 +68,9 @@ class TrainStep:
                     ctx = tf.distribute.get_replica_context()
                     f_s, f_t = ctx.all_gather(f_s, axis=0), ctx.all_gather(f_t, axis=0)
                 domain = self.domain_loss(f_s, f_t)
+                base = bandwidth_base(f_s, f_t)
             else:
-                domain = tf.zeros([], tf.float32)
+                domain = base = tf.zeros([], tf.float32)
             loss = cls_part + lam * domain / self.replicas
             if self.model.losses:
                 loss += tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]) / self.replicas
@@ -81,6 +82,7 @@ class TrainStep:
         pred = tf.argmax(logits_s, axis=-1, output_type=tf.int32)
         correct = tf.reduce_sum(tf.cast(tf.equal(pred, labels_s), tf.float32))
         return {"cls_loss": cls_part, "mmd2": domain, "correct": correct / global_n,
+                "bandwidth_base": base,
                 "feature_norm": tf.reduce_mean(tf.norm(f_s[:n], axis=-1)) / self.replicas,
                 "finite": tf.cast(finite, tf.float32)}
 
@@ -93,6 +95,7 @@ class TrainStep:
             SUM, MEAN = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
             out = {"cls_loss": red(SUM, per["cls_loss"], axis=None),
                    "mmd2": red(MEAN, per["mmd2"], axis=None),
+                   "bandwidth_base": red(MEAN, per["bandwidth_base"], axis=None),
                    "correct": red(SUM, per["correct"], axis=None),
                    "feature_norm": red(SUM, per["feature_norm"], axis=None),
                    "finite": self.strategy.reduce(MEAN, per["finite"], axis=None)}
@@ -102,6 +105,7 @@ class TrainStep:
             "total_loss": out["cls_loss"] + lam * out["mmd2"],
             "source_acc": out["correct"],
             "feature_norm": out["feature_norm"],
+            "bandwidth_base": out["bandwidth_base"],
             "finite": tf.equal(out["finite"], 1.0),
         }
 
