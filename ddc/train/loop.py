@@ -128,6 +128,8 @@ class _Run:
         if t.batch_size % replicas:
             raise RunError(f"train.batch_size: {t.batch_size} is not a multiple of the "
                            f"{replicas} replicas of train.distribute={t.distribute}")
+        log.info("distribution: %s, %d replica(s), global batch %d + %d", t.distribute, replicas,
+                 t.batch_size, t.batch_size if self.use_target else 0)
         worker = worker_index() if t.distribute == "multi_worker" else None
         self.is_chief = worker is None
         self.ckpt_dir = workdir / ("checkpoints" if self.is_chief else f".worker{worker}")
