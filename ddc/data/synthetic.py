@@ -96,6 +96,11 @@ def render(domain: str, kind: str, size: int, rng: np.random.Generator) -> np.nd
         bg = _texture(size, rng)
         if v == "a":
             img = np.abs(bg - 255.0 * m) + rng.normal(0, 6, (size, size, 3)).astype(np.float32)
+        elif v == "d":
+            c0 = rng.uniform(70, 150, size=3).astype(np.float32)
+            delta = rng.uniform(50, 100)
+            tint = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
+            img = c0 + delta * tint * m + rng.normal(0, 8, (size, size, 3)).astype(np.float32)
         elif v == "c":
             c0 = rng.uniform(60, 190, size=3).astype(np.float32)
             bg = c0 + 0.35 * (bg - bg.mean(axis=(0, 1)))
