@@ -21,6 +21,10 @@ setup(
     entry_points={
         "console_scripts": [
             "ddc-train=ddc.cli:train_main",
+            "ddc-evaluate=ddc.report.cli:evaluate_main",
+            "ddc-predict=ddc.report.cli:predict_main",
+            "ddc-compare=ddc.report.cli:compare_main",
+            "ddc-demo=ddc.demo:demo_main",
         ]
     },
 )

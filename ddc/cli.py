@@ -42,12 +42,14 @@ def train_main(argv: list[str] | None = None) -> int:
     from ddc.train import RunError, RunInterrupted, train_and_evaluate
     workdir = args.workdir or os.path.join("runs", cfg.name)
     try:
-        results = train_and_evaluate(cfg, workdir, data_root=args.data_root,
+        results = train_and_evaluate(cfg, workdir, report_images=True, data_root=args.data_root,
                                      weights_root=args.weights_root, restart=args.restart)
     except (ConfigError, DataError, RunError) as e:
         return _fail(str(e))
     except RunInterrupted as e:
         return _fail(str(e), 130)
+    except KeyboardInterrupt:  # before the training loop (decoding, model building)
+        return _fail("interrupted before training started; nothing was trained", 130)
     print(f"target accuracy: {results['target_acc']:.4f} "
           f"(mean per class {results['target_mean_class_acc']:.4f}); "
           f"source validation accuracy: {results['source_val_acc'] if results['source_val_acc'] is None else round(results['source_val_acc'], 4)}; "

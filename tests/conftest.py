@@ -74,3 +74,11 @@ def write_config(tmp_path):
         p.write_text(json.dumps(cfg))
         return p
     return write
+
+
+@pytest.fixture(autouse=True)
+def _detach_run_logging():
+    """Runs attach log handlers (stderr of the moment, train.log); close them after each test."""
+    yield
+    from ddc.train.rundir import detach_logging
+    detach_logging()

@@ -7,6 +7,8 @@ by the user: ImageNet weights only make sense with the input scaling they were t
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import keras
@@ -26,11 +28,17 @@ PREPROCESS = {"lenet": "unit", "alexnet": "unit",
               **{name: mode for name, (_, mode) in APPLICATIONS.items()}}
 
 
-def resolve_weights(value: str | None, weights_root: Path | None) -> str | None:
+def resolve_weights(value: str | None, weights_root: Path | None,
+                    backbone: str | None = None) -> str | None:
     """Turns ``model.weights`` into None, ``"imagenet"`` or an existing file path.
 
+    Args:
+        value: ``model.weights`` as configured.
+        weights_root: folder that a relative file name is taken from.
+        backbone: ``model.backbone``, named in the error message.
     Raises:
-        ConfigError: a file that does not exist (the message names the path tried).
+        ConfigError: a file that does not exist (the message names the path tried and the
+            backbone it was meant for).
     """
     if value in (None, "", "none"):
         return None
@@ -40,9 +48,24 @@ def resolve_weights(value: str | None, weights_root: Path | None) -> str | None:
     if not path.is_absolute():
         path = (weights_root or Path(".")) / path
     if not path.is_file():
-        raise ConfigError(f"model.weights: weights file not found: {path} (set --weights-root or "
-                          "$DDC_WEIGHTS_ROOT, or use \"imagenet\" or null)")
+        what = f" for backbone {backbone}" if backbone else ""
+        raise ConfigError(f"model.weights: weights file{what} not found: {path} (set "
+                          "--weights-root or $DDC_WEIGHTS_ROOT, or use \"imagenet\" or null)")
     return str(path)
+
+
+def _load_error_summary(e: Exception) -> str:
+    """One short line from a Keras weight-loading error (which can hold whole tensors)."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    first = text.splitlines()[0]
+    shapes = re.search(r"variable\.shape=(\S+?),? Received: value\.shape=(\S+?)[,.]?\s", text)
+    where = re.search(r"Target variable: <Variable path=(\S+?),", text)
+    if shapes:
+        first += (f" {where.group(1) if where else 'a variable'} has shape {shapes.group(1)}, "
+                  f"the file holds {shapes.group(2)}")
+    return first[:400]
 
 
 def lenet(input_shape) -> keras.Model:
@@ -96,13 +119,25 @@ def build_backbone(cfg: ModelConfig, input_shape: tuple, weights: str | None) ->
         raise ConfigError(f"data.channels: pretrained {cfg.backbone} weights need 3 channels, "
                           f"got {input_shape[-1]}")
     try:
-        model = ctor(**kwargs)
+        # Keras only warns when parts of a weights file match no layer (those layers keep their
+        # random init); record the warnings so such a half-loaded backbone is an error instead.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = ctor(**kwargs)
     except Exception as e:  # keras raises several types for a bad file or a failed download
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = _load_error_summary(e)
         if weights == "imagenet":
             raise ConfigError(f"model.weights: cannot get ImageNet weights for {cfg.backbone} "
                               f"({first}); without internet, point model.weights at a local file") from None
         where = f"weights file {weights} " if weights else ""
         raise ConfigError(f"model.weights: {where}does not fit backbone {cfg.backbone} "
                           f"(alpha={cfg.alpha}, input {tuple(input_shape)}): {first}") from None
+    partial = [str(w.message) for w in caught if "freshly-initialized" in str(w.message)]
+    if weights is not None and partial:
+        raise ConfigError(f"model.weights: weights file {weights} does not fit backbone "
+                          f"{cfg.backbone}: {len(partial)} parts were not in the file and would keep "
+                          f"random weights ({partial[0][:200]})")
+    for w in caught:
+        if "freshly-initialized" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return model

@@ -72,7 +72,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    help="do not write the pictures into the run's TensorBoard")
     p.add_argument("--data-root", help="data root of the run's config (default: $DDC_DATA_ROOT)")
     p.add_argument("--weights-root", help="weights root (default: $DDC_WEIGHTS_ROOT); needed for "
-                                          "features-mode runs and the initial-weights baseline")
+                                          "the initial-weights 'before' picture (no --baseline-run)")
     return p
 
 
@@ -114,7 +114,7 @@ def predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the CSV here instead of stdout")
     p.add_argument("--batch-size", type=int, help="images per batch (default: the run's eval batch)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (logged)")
-    p.add_argument("--weights-root", help="weights root (features-mode runs only)")
+    p.add_argument("--weights-root", help="weights root (only with --checkpoint init)")
     return p
 
 

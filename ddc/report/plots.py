@@ -15,18 +15,23 @@ from matplotlib.lines import Line2D
 DPI = 110
 
 
-def _save(fig: Figure, path) -> Path:
+def _save(fig: Figure, path, dpi: int = DPI) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
     return path
 
 
 def _class_colours(k: int):
+    """Distinct colours: tab10 up to 10 classes; beyond, tab20's ten dark shades first and its
+    light shades only for classes 11 to 20 (adjacent tab20 pairs are hard to tell apart)."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if k <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(k)]
+    if k <= 10:
+        return [colormaps["tab10"](i) for i in range(k)]
+    cmap = colormaps["tab20"]
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return [cmap(order[i % 20]) for i in range(k)]
 
 
 def plot_confusion(cm, class_names: list, path, title: str | None = None) -> Path:
@@ -96,7 +101,7 @@ def plot_prediction_grid(images, labels, preds, probs, class_names: list, path, 
         ok = labels[i] == preds[i]
         colour = "tab:green" if ok else "red"
         ax.set_title(f"{class_names[labels[i]]}\n-> {class_names[preds[i]]} ({probs[i]:.2f})",
-                     fontsize=8, color="darkgreen" if ok else "red")
+                     fontsize=9, color="darkgreen" if ok else "red")
         ax.set_xticks([])
         ax.set_yticks([])
         for side in ax.spines.values():
@@ -106,8 +111,13 @@ def plot_prediction_grid(images, labels, preds, probs, class_names: list, path, 
     head = f"{title}: " if title else ""
     fig.suptitle(f"{head}true class -> predicted (probability); {n_wrong} of {len(idx)} shown "
                  f"are mistakes (red)", fontsize=11)
-    return _save(fig, path)
+    # Photos make large PNGs: a lower resolution, still about one screen pixel per image pixel
+    # for 128-pixel images.
+    return _save(fig, path, dpi=80)
 
+
+# Curves on another scale than their panel's first curve: drawn against a right-hand axis.
+RIGHT_AXIS = ("lambda", "train/bandwidth_base")
 
 # (panel title, [(tag, legend name)], y label)
 CURVE_PANELS = (
@@ -119,7 +129,9 @@ CURVE_PANELS = (
                   ("eval/target_acc", "target"),
                   ("eval/target_mean_class_acc", "target, mean per class")], "accuracy"),
     ("target prediction entropy (label-free)", [("eval/target_entropy", "entropy")], "nats"),
-    ("adaptation-layer feature norm", [("train/feature_norm", "feature norm")], "norm"),
+    ("feature norm and MMD bandwidth", [("train/feature_norm", "feature norm"),
+                                        ("train/bandwidth_base", "bandwidth base (right axis)")],
+     "norm"),
     ("schedules", [("lr", "learning rate"), ("lambda", "λ (MMD weight, right axis)")], "value"),
 )
 
@@ -140,8 +152,7 @@ def plot_learning_curves(runs: dict, path, title: str | None = None) -> Path:
         ax = fig.add_subplot(2, 3, p + 1)
         handles = []
         for c, (tag, name) in enumerate(curves):
-            # lambda has another scale than the learning rate: its own axis on the right
-            axis = ax.twinx() if tag == "lambda" else ax
+            axis = ax.twinx() if tag in RIGHT_AXIS and any(tag in r for r in runs.values()) else ax
             drawn = False
             for r, label in enumerate(labels):
                 if tag not in runs[label]:
@@ -153,8 +164,8 @@ def plot_learning_curves(runs: dict, path, title: str | None = None) -> Path:
             if drawn:
                 handles.append(Line2D([], [], color=colours[c % len(colours)], label=name,
                                       marker="o" if tag.startswith("eval/") else None))
-            if tag == "lambda":
-                axis.set_ylabel(name, color=colours[c % len(colours)])
+            if axis is not ax:
+                axis.set_ylabel(name.replace(" (right axis)", ""), color=colours[c % len(colours)])
         if not handles:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes,
                     color="gray")
@@ -162,7 +173,8 @@ def plot_learning_curves(runs: dict, path, title: str | None = None) -> Path:
             if len(labels) > 1:
                 handles += [Line2D([], [], color="black", ls=styles[r % len(styles)], label=l)
                             for r, l in enumerate(labels)]
-            ax.legend(handles=handles, fontsize=8, loc="best", framealpha=0.8)
+            ax.legend(handles=handles, fontsize=8, framealpha=0.8,
+                      loc="center right" if ptitle == "schedules" else "best")
         if ptitle == "accuracy":
             ax.set_ylim(-0.02, 1.02)
         ax.set_title(ptitle, fontsize=11)

@@ -1,9 +1,10 @@
 """Loading a trained run: config, class names, network, a restored checkpoint, and its data.
 
 A run directory (see ``ddc/train/rundir.py``) holds ``config.json``, ``results.json`` and
-``checkpoints/ckpt-<step>``; the checkpoint holds ``model`` (``net.model``, or ``net.head`` in
-``mode: "features"``), the optimizer and the step. Loading rebuilds the network from the config
-and restores the model part only, checking that every model variable was found in the file.
+``checkpoints/ckpt-<step>``; in every mode (``train`` and ``features``) the checkpoint holds
+``model`` (the full ``net.model``), the optimizer and the step. Loading rebuilds the network from
+the config and restores the model part only, checking that every model variable was found in
+the file.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def load_run(workdir: str | Path, checkpoint=None, *, weights_root: str | Path |
     Raises:
         ReportError: not a run directory, no such checkpoint, or a checkpoint that does not
             hold every variable of the network built from the config.
-        ConfigError: a pretrained weights file the run needs (features mode, "init") is missing.
+        ConfigError: the pretrained weights file "init" needs is missing.
     """
     import keras
     import tensorflow as tf
@@ -160,18 +161,17 @@ def load_run(workdir: str | Path, checkpoint=None, *, weights_root: str | Path |
     results = read_json(workdir / "results.json")
     class_names = (results or {}).get("classes") or run_class_names(cfg, data_root)
     path, step = resolve_checkpoint(workdir, checkpoint, results)
-    # The checkpoint holds every weight of what it saved; pretrained weights are only needed
-    # for the part it did not save (the frozen backbone of features mode) or for "init".
-    need_pretrained = path is None or cfg.mode == "features"
-    weights = resolve_weights(cfg.model.weights, _weights_root(weights_root)) if need_pretrained else None
+    # The checkpoint holds every weight of the network: pretrained weights are only needed for
+    # "init", and the run's seed gives the initial head the run drew.
+    weights = None
     if path is None:
-        keras.utils.set_random_seed(cfg.seed)  # the same initial head as the run drew
+        weights = resolve_weights(cfg.model.weights, _weights_root(weights_root))
+        keras.utils.set_random_seed(cfg.seed)
     net = build_network(cfg.model, (cfg.data.image_size,) * 2 + (cfg.data.channels,),
                         len(class_names), weights)
     if path is not None:
-        part = net.head if cfg.mode == "features" else net.model
         try:
-            status = tf.train.Checkpoint(model=part).restore(path)
+            status = tf.train.Checkpoint(model=net.model).restore(path)
             status.expect_partial()  # the optimizer and counters are not rebuilt here
             status.assert_existing_objects_matched()  # every model variable was in the file
         except (AssertionError, ValueError) as e:

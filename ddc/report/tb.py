@@ -112,7 +112,8 @@ def write_images(logdir: str | Path, images: dict, step: int) -> None:
     writer.close()
 
 
-def log_run_summary(workdir: str | Path, cfg_dict: dict, results: dict) -> None:
+def log_run_summary(workdir: str | Path, cfg_dict: dict, results: dict, *,
+                    images: bool = True) -> None:
     """End-of-run TensorBoard summary of a run: hyperparameters and final metrics for the
     HParams dashboard, and the learning curves as an image.
 
@@ -125,6 +126,8 @@ def log_run_summary(workdir: str | Path, cfg_dict: dict, results: dict) -> None:
         workdir: the run directory (summaries go to ``workdir/tensorboard``).
         cfg_dict: the resolved config as a dict (``cfg.to_dict()``).
         results: the dict written to ``results.json``.
+        images: also draw the learning curves and the confusion matrix (matplotlib, about a
+            second) into ``workdir/eval`` and TensorBoard.
     """
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
@@ -140,6 +143,8 @@ def log_run_summary(workdir: str | Path, cfg_dict: dict, results: dict) -> None:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
                 tf.summary.scalar(f"final/{key}", float(v), step=step)
     writer.close()
+    if not images:
+        return
     # The pictures are a convenience: a plotting failure must not fail a finished run.
     try:
         from ddc.report.plots import plot_confusion, plot_learning_curves

@@ -24,6 +24,7 @@ from ddc.config import Config
 from ddc.data.prepare import RunData, data_root_from, prepare_data
 from ddc.models import apply_freeze, build_network, resolve_weights, variable_counts
 from ddc.models.split import split_at_frozen_prefix
+from ddc.report.tb import log_run_summary
 from ddc.train.distribute import distributed_stream, make_strategy, worker_index
 from ddc.train.evaluate import evaluate_arrays, extract_features
 from ddc.train.optim import make_optimizer, progress_lr
@@ -59,6 +60,14 @@ def _read_history(path: Path) -> list[dict]:
     return out
 
 
+def _write_history(path: Path, history: list[dict]) -> None:
+    """Rewrites the eval records whole under a temporary name, then renames: a kill leaves the
+    old or the new file, never a torn line (the file is small: one line per evaluation)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    os.replace(tmp, path)
+
+
 class _InterruptFlag:
     """Turns the first Ctrl-C into a flag the loop checks between steps, so the checkpoint it
     saves is consistent (the step counter and the weights agree); a second Ctrl-C interrupts at
@@ -79,6 +88,19 @@ class _InterruptFlag:
     def restore(self):
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
+
+
+def seed_states(model: keras.Model) -> dict:
+    """The state variables of the model's Keras SeedGenerators (dropout masks), by layer name.
+
+    Keras 3 layers do not expose their SeedGenerators to ``tf.train.Checkpoint``; without this
+    a resumed run would redraw the dropout masks of an uninterrupted one from the start.
+    """
+    states = {}
+    for layer in model._flatten_layers(include_self=False):
+        for i, gen in enumerate(getattr(layer, "_seed_generators", None) or ()):
+            states[f"{layer.name}/{i}"] = gen.state
+    return states
 
 
 class _Stage:
@@ -103,8 +125,13 @@ class _Stage:
                               loss_scale=run.loss_scale, jit_compile=cfg.train.jit_compile,
                               strategy=run.strategy)
         # the full network is saved in every mode, so any checkpoint restores a whole model
-        ckpt = tf.train.Checkpoint(model=net.model, optimizer=self.optimizer, step=run.step_var,
-                                   skipped_steps=run.skipped_var)
+        # Each stage saves its optimizer under its own key: a main-stage restore from the
+        # checkpoint written at the switch then starts a fresh optimizer, as the uninterrupted
+        # run does, instead of loading the head-only optimizer's slots by position.
+        opt_key = "head_optimizer" if head_only else "optimizer"
+        ckpt = tf.train.Checkpoint(model=net.model, step=run.step_var,
+                                   skipped_steps=run.skipped_var, rng=seed_states(net.model),
+                                   **{opt_key: self.optimizer})
         self.manager = tf.train.CheckpointManager(ckpt, str(run.ckpt_dir),
                                                   max_to_keep=cfg.train.keep_checkpoints)
         self.checkpoint = ckpt
@@ -173,9 +200,14 @@ class _Run:
 
 
 def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Path | None = None,
-                       weights_root: str | Path | None = None, restart: bool = False) -> dict:
+                       weights_root: str | Path | None = None, restart: bool = False,
+                       report_images: bool = False) -> dict:
     """Trains as ``cfg`` says in ``workdir`` (resuming a run of the same config there) and
     returns the results also written to ``workdir/results.json``.
+
+    At the end the config and final metrics go to TensorBoard's HParams dashboard; with
+    ``report_images`` (the CLI sets it) the learning curves and the target confusion matrix
+    are drawn too, as PNGs in ``workdir/eval`` and as TensorBoard images.
 
     Raises:
         ConfigError, DataError, RunError: before training, naming the key, file or folder.
@@ -194,7 +226,7 @@ def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Pat
         data = prepare_data(cfg, data_root_from(data_root), cache_dir)
         wroot = Path(weights_root or os.environ.get("DDC_WEIGHTS_ROOT") or ".").expanduser()
         run = _Run(cfg, workdir, data, wroot)
-        return _train(run, resume)
+        return _train(run, resume, report_images)
     finally:
         keras.mixed_precision.set_global_policy(before)
 
@@ -204,7 +236,7 @@ def _saved_step(manager_dir: Path) -> int:
     return int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")) if latest else 0
 
 
-def _train(run: _Run, resume: bool) -> dict:
+def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
     cfg, t, workdir = run.cfg, run.cfg.train, run.workdir
     start = _saved_step(run.ckpt_dir) if resume else 0
     head_only = start < t.head_only_steps
@@ -214,6 +246,8 @@ def _train(run: _Run, resume: bool) -> dict:
         log.info("resumed from %s at step %d", stage.manager.latest_checkpoint, start)
     history_path = workdir / "metrics.jsonl"
     history = [h for h in _read_history(history_path) if h["step"] <= start]
+    if run.is_chief and history_path.exists():  # drop records of steps that will be redone
+        _write_history(history_path, history)
     writer = (tf.summary.create_file_writer(str(workdir / "tensorboard")) if run.is_chief
               else tf.summary.create_noop_writer())
     ds = distributed_stream(run.strategy, run.arrays["source_train"],
@@ -272,8 +306,7 @@ def _train(run: _Run, resume: bool) -> dict:
                 rec = {k: v for k, v in last_report.items() if not k.startswith("_")}
                 history.append(rec)
                 if run.is_chief:
-                    with open(history_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                    _write_history(history_path, history)
                 with writer.as_default(step=step):
                     for k, v in rec.items():
                         if k != "step" and v is not None:
@@ -297,6 +330,7 @@ def _train(run: _Run, resume: bool) -> dict:
     results = _results(run, history, last_report, stage, ips, time.time() - t_begin)
     if run.is_chief:
         write_json_atomic(workdir / "results.json", results)
+        log_run_summary(workdir, run.cfg.to_dict(), results, images=report_images)
     log.info("done: target acc %.4f (mean per class %.4f); results in %s", results["target_acc"],
              results["target_mean_class_acc"], workdir / "results.json")
     return results
@@ -319,6 +353,7 @@ def _results(run: _Run, history: list, final: dict, stage: _Stage, ips, wall: fl
         "target_macro_f1": tgt["macro_f1"],
         "target_per_class_acc": tgt["per_class_accuracy"],
         "target_counts": tgt["counts"],
+        "target_confusion": tgt["confusion"],
         "target_entropy": tgt["entropy"],
         "classes": run.data.class_names,
         "dropped_classes": run.data.dropped,

@@ -57,25 +57,32 @@ def prepare_workdir(workdir: Path, config: dict, restart: bool) -> bool:
     workdir = Path(workdir)
     cfg_path = workdir / "config.json"
     if restart and workdir.exists():
-        for name in ("checkpoints", "tensorboard", "results.json", "config.json", "train.log"):
+        for name in ("checkpoints", "tensorboard", "results.json", "config.json", "train.log",
+                     "metrics.jsonl"):
             p = workdir / name
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
     resume = False
+    trained = (workdir / "results.json").exists() or _has_checkpoint(workdir / "checkpoints")
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
-        if old != json.loads(json.dumps(config)):
+        if old != json.loads(json.dumps(config)) and trained:
             diff = sorted(k for k in _flatten(old).keys() | _flatten(config).keys()
                           if _flatten(old).get(k) != _flatten(config).get(k))
             raise RunError(f"{workdir} holds a run of a different config (differs in "
                            f"{', '.join(diff[:5])}); use --restart to start over there, or "
                            "another --workdir")
-        resume = (workdir / "checkpoints").exists()
+        resume = trained
     workdir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg_path, config)
     return resume
+
+
+def _has_checkpoint(ckpt_dir: Path) -> bool:
+    """A checkpoint was recorded (the state file is written after the checkpoint's files)."""
+    return (ckpt_dir / "checkpoint").is_file()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -89,13 +96,20 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def setup_logging(workdir: Path | None) -> None:
-    """Logs INFO and above to stderr and to ``workdir/train.log``."""
+def detach_logging() -> None:
+    """Removes and closes the handlers :func:`setup_logging` attached (a finished run's
+    ``train.log`` is then closed; a library user or a test calls this between runs)."""
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_ddc", False):
             root.removeHandler(h)
             h.close()
+
+
+def setup_logging(workdir: Path | None) -> None:
+    """Logs INFO and above to stderr and to ``workdir/train.log``."""
+    detach_logging()
+    root = logging.getLogger()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     handlers = [logging.StreamHandler(sys.stderr)]
     if workdir is not None:

@@ -1,0 +1,641 @@
+"""Accuracy benchmark: tasks x methods x seeds through the library code the CLI uses.
+
+Every run is ``ddc.config.load(base, overrides)`` + ``ddc.train.train_and_evaluate`` (what
+``scripts/train_ddc.py --config BASE --set ...`` does), in its own run directory under
+``--runs``. The script writes ``docs/RESULTS.md`` (tables: target accuracy mean ± std over the
+seeds, mean per-class accuracy, steps, wall time, the exact config) and ``docs/results.json``.
+
+Resumable: a run whose directory already holds ``results.json`` for the same config is read
+back, not rerun. The run directory's name carries a hash of the config, so a changed config
+(``--steps``, a new default) gets a new directory instead of clashing with the old one.
+
+Hyperparameters are fixed in advance (the papers' defaults or the shipped configs); target labels
+are read only for the final report (``target_acc`` of the final step, and the target accuracy at
+the step of best source validation accuracy, a step chosen without target labels).
+
+    nice -n 10 python benchmarks/accuracy.py                # the full grid -> docs/
+    python benchmarks/accuracy.py --quick                   # a few minutes -> runs/accuracy-quick/
+    python benchmarks/accuracy.py --only 'siri_whu_aid/frozen/*' --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fnmatch
+import hashlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SHARED = REPO.parent / "shared"
+CONFIGS = REPO / "configs"
+
+
+# ----------------------------------------------------------------------------- the grid
+
+@dataclass(frozen=True)
+class Task:
+    """One adaptation task: a base config file and the freeze variants it is run with."""
+    name: str
+    title: str
+    base: str                          # config file, relative to the repository
+    overrides: list                    # --set overrides of every run of the task
+    variants: dict                     # variant name ("" = none) -> list of --set overrides
+    bar: str                           # what DDC must reach, in words
+    min_ddc_acc: float | None = None   # DDC's mean target accuracy must reach this
+    min_gain: float = 0.0              # DDC minus source only, mean over seeds, must exceed this
+    extra_lambdas: tuple = ()          # DDC also run with these λ (besides the base config's)
+    extra_lambda_variants: tuple = ("frozen",)  # ... in these variants (CPU budget)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str
+    overrides: list
+    family: str = ""                   # the method without its λ (default: name)
+    lam: float | None = None           # None: the base config's λ
+
+
+METHODS = [
+    Method("source_only", "source only (λ = 0)", ["mmd.weight=0"]),
+    Method("ddc_gauss_biased", "DDC, Gaussian multi-bandwidth, biased MMD²",
+           ["mmd.kernel=\"gaussian\"", "mmd.estimator=\"biased\""]),
+    Method("ddc_gauss_unbiased", "DDC, Gaussian multi-bandwidth, unbiased MMD²",
+           ["mmd.kernel=\"gaussian\"", "mmd.estimator=\"unbiased\""]),
+    Method("ddc_gauss_linear", "DDC, Gaussian multi-bandwidth, linear-time MMD²",
+           ["mmd.kernel=\"gaussian\"", "mmd.estimator=\"linear\""]),
+    Method("ddc_linear_kernel", "DDC, linear kernel (original DDC)", ["mmd.kernel=\"linear\""]),
+]
+
+# MobileNetV2 in mode "features": "frozen" trains only the head on the cached pooled features;
+# "last_blocks" caches the output of block_15_add and trains block_16, Conv_1 and the head,
+# the backbone part at 0.1 x the learning rate (the base configs set train.backbone_lr_mult).
+MOBILENET_VARIANTS = {
+    "frozen": ["model.freeze.mode=\"backbone\""],
+    "last_blocks": ["model.freeze.mode=\"until\"", "model.freeze.layer=\"block_15_add\""],
+}
+
+TASKS = [
+    Task("usps_mnist", "USPS -> MNIST (10 classes, LeNet, 28 px)", "configs/usps_mnist.json",
+         ["data.cache=\"disk\"", "train.checkpoint_every=3000", "train.keep_checkpoints=1",
+          "train.eval_batch_size=500"],
+         {"": []},
+         bar="DDC >= 0.90 and DDC > source only", min_ddc_acc=0.90),
+    Task("siri_whu_aid", "SIRI-WHU -> AID (11 shared classes, MobileNetV2, 128 px)",
+         "configs/grid/siri_whu_aid.json", [], MOBILENET_VARIANTS,
+         bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0,)),
+    Task("aid_siri_whu", "AID -> SIRI-WHU (11 shared classes, MobileNetV2, 128 px)",
+         "configs/grid/aid_siri_whu.json", [], MOBILENET_VARIANTS,
+         bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0,)),
+]
+TASKS_BY_NAME = {t.name: t for t in TASKS}
+
+# λ selection without target labels: among the λ a DDC method was run with, the largest whose
+# mean source validation accuracy is at most this far below source only's (as much alignment as
+# the source task tolerates)
+SOURCE_VAL_TOLERANCE = 0.01
+
+
+def methods_for(task: Task, variant: str | None = None) -> list[Method]:
+    """The methods of ``task`` (in ``variant``; None: of any variant): METHODS, then each DDC
+    method again at each extra λ where the variant runs them."""
+    out = list(METHODS)
+    if variant is not None and variant not in task.extra_lambda_variants:
+        return out
+    for lam in task.extra_lambdas:
+        out += [Method(f"{m.name}_lam{lam:g}", f"{m.title}, λ = {lam:g}",
+                       m.overrides + [f"mmd.weight={lam}"], family=m.name, lam=lam)
+                for m in METHODS if m.name != "source_only"]
+    return out
+
+
+def method_title(task_name: str, method_name: str) -> str:
+    return next(m.title for m in methods_for(TASKS_BY_NAME[task_name]) if m.name == method_name)
+
+
+def method_family(task_name: str, method_name: str) -> str:
+    m = next(m for m in methods_for(TASKS_BY_NAME[task_name]) if m.name == method_name)
+    return m.family or m.name
+
+# --quick: one seed, fewer steps and images, only the frozen MobileNetV2 variant
+QUICK = {
+    "usps_mnist": ["train.steps=300", "train.eval_every=150", "train.checkpoint_every=300",
+                   "data.source.max_per_class=200", "data.target.max_per_class=200"],
+    "siri_whu_aid": ["train.steps=200", "train.eval_every=100", "train.checkpoint_every=200",
+                     "data.target.max_per_class=60"],
+    "aid_siri_whu": ["train.steps=200", "train.eval_every=100", "train.checkpoint_every=200",
+                     "data.source.max_per_class=60"],
+}
+QUICK_VARIANTS = {"", "frozen"}
+
+HYPERPARAMETER_RULE = (
+    "No hyperparameter was tuned on target labels. Fixed in advance: SIRI-WHU/AID use the DDC "
+    "paper's defaults (λ = 0.25, adaptation layer width 256) with the shipped "
+    "`configs/siri_whu.json` optimisation (SGD, momentum 0.9, lr 0.01 with the inv schedule, "
+    "batch 32+32, 1000 steps, backbone lr x0.1); USPS -> MNIST uses the shipped "
+    "`configs/usps_mnist.json` (λ = 1, Adam lr 5e-4, batch 64+64, width 256). On SIRI-WHU/AID "
+    "each DDC method with the frozen backbone is also run at λ = 1 (the DAN default), and one λ per method is then chosen "
+    "by source validation accuracy alone (rule below). Target labels are used only to compute "
+    "the reported target metrics: `target acc` is the final step's; `target acc @ best src val` "
+    "is the target accuracy at the evaluation step with the best source validation accuracy (a "
+    "step chosen without target labels).")
+
+
+@dataclass
+class Cell:
+    """One grid cell: a task, a variant, a method; run once per seed."""
+    task: Task
+    variant: str
+    method: Method
+    extra: list = field(default_factory=list)   # --quick / --steps / --set overrides
+
+    @property
+    def id(self) -> str:
+        return "/".join(p for p in (self.task.name, self.variant, self.method.name) if p)
+
+    @property
+    def common(self) -> list:
+        """The overrides shared by every cell of the task in this invocation."""
+        return effective(self.task.overrides + self.extra)
+
+    @property
+    def own(self) -> list:
+        """The overrides that make this cell (variant and method)."""
+        return effective(self.task.variants[self.variant] + self.method.overrides)
+
+    def overrides(self, seed: int) -> list:
+        return effective(self.common + self.own + [
+            f"seed={seed}", f"name=\"{self.id.replace('/', '.')}.s{seed}\""])
+
+
+def effective(overrides: list) -> list:
+    """``overrides`` without the ones a later override of the same key replaces."""
+    last = {o.split("=", 1)[0]: i for i, o in enumerate(overrides)}
+    return [o for i, o in enumerate(overrides) if last[o.split("=", 1)[0]] == i]
+
+
+def matches(cell_id: str, patterns: list[str]) -> bool:
+    """``cell_id`` matches a glob pattern itself or is below one (``usps_mnist`` matches all
+    of that task's cells)."""
+    return any(fnmatch.fnmatchcase(cell_id, p) or fnmatch.fnmatchcase(cell_id, p.rstrip("/") + "/*")
+               for p in patterns)
+
+
+def scoped(overrides: list[str], task: str) -> list[str]:
+    """The overrides that apply to ``task``: unscoped ones (``key=value``) and the ones scoped
+    to it (``task:key=value``)."""
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if ":" not in key:
+            out.append(o)
+        elif key.split(":", 1)[0] == task:
+            out.append(o.split(":", 1)[1])
+    return out
+
+
+def build_grid(quick: bool, only: list[str] | None, extra: list[str]) -> list[Cell]:
+    cells = []
+    for task in TASKS:
+        for variant in task.variants:
+            if quick and variant not in QUICK_VARIANTS:
+                continue
+            for method in methods_for(task, variant):
+                over = (QUICK[task.name] if quick else []) + scoped(extra, task.name)
+                cell = Cell(task, variant, method, over)
+                if not only or matches(cell.id, only):
+                    cells.append(cell)
+    if only:  # in the order of the patterns (cheap or important cells first)
+        cells.sort(key=lambda c: next(i for i, p in enumerate(only) if matches(c.id, [p])))
+    return cells
+
+
+# ----------------------------------------------------------------------------- running
+
+class FeatureMemo:
+    """Memoizes ``extract_features`` (mode "features") per image across the runs of a grid.
+
+    ``extract_features(bottom, preprocess, images)`` is a pure function of the frozen part's
+    weights and each image (inference mode, per-image ops only), so its output for an image
+    that an earlier run of this process already passed through the same frozen part is reused.
+    Keyed by a hash of the frozen part (name, output shape, every weight) and of the
+    preprocessing function, then by a hash of each image's bytes. Without it every run of a
+    MobileNetV2 cell spends minutes re-extracting identical features (the library has no such
+    cache yet; see the report).
+    """
+
+    def __init__(self):
+        self.store: dict = {}        # model key -> {image hash -> feature array}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def model_key(bottom, preprocess) -> str:
+        h = hashlib.sha1(f"{bottom.name}|{bottom.output.shape}|"
+                         f"{getattr(preprocess, '__qualname__', repr(preprocess))}".encode())
+        for w in bottom.weights:
+            h.update(w.path.encode() if hasattr(w, "path") else w.name.encode())
+            h.update(w.numpy().tobytes())
+        return h.hexdigest()
+
+    def wrap(self, extract):
+        import numpy as np
+
+        def memo_extract(bottom, preprocess, images, batch_size, desc="features"):
+            store = self.store.setdefault(self.model_key(bottom, preprocess), {})
+            keys = [hashlib.sha1(row.tobytes()).hexdigest() for row in images]
+            todo = sorted({i for i, k in enumerate(keys) if k not in store})
+            self.hits += len(keys) - len(todo)
+            self.misses += len(todo)
+            if todo:
+                new = extract(bottom, preprocess, images[todo], batch_size, desc=desc)
+                for i, f in zip(todo, new):
+                    store[keys[i]] = f
+            if not keys:
+                return extract(bottom, preprocess, images, batch_size, desc=desc)
+            return np.stack([store[k] for k in keys])
+        return memo_extract
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Routes the training loop's feature extraction through the memo."""
+        from ddc.train import loop
+        original = loop.extract_features
+        loop.extract_features = self.wrap(original)
+        try:
+            yield self
+        finally:
+            loop.extract_features = original
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_cell_seed(cell: Cell, seed: int, runs: Path, data_root: Path, weights_root: Path) -> dict:
+    """Trains one seed of ``cell`` (or reads back a finished run of the same config).
+
+    Returns:
+        The run's ``results.json`` plus ``run_dir``, ``overrides``, ``config``, ``resumed`` and
+        ``total_wall_s`` (data loading, feature extraction, training and evaluation).
+    """
+    import keras
+
+    from ddc.config import load
+    from ddc.train import train_and_evaluate
+
+    overrides = cell.overrides(seed)
+    cfg = load(REPO / cell.task.base, overrides)
+    config = cfg.to_dict()
+    workdir = runs / cell.id / f"seed{seed}-{config_hash(config)}"
+    results_path, meta_path = workdir / "results.json", workdir / "accuracy_benchmark.json"
+    same = (workdir / "config.json").exists() and \
+        json.loads((workdir / "config.json").read_text()) == json.loads(json.dumps(config))
+    if same and results_path.exists() and meta_path.exists():
+        res = json.loads(results_path.read_text())
+        meta = json.loads(meta_path.read_text())
+        resumed = True
+    else:
+        t0 = time.time()
+        res = train_and_evaluate(cfg, workdir, data_root=data_root, weights_root=weights_root)
+        meta = {"total_wall_s": time.time() - t0, "overrides": overrides,
+                "base": cell.task.base, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (workdir / "accuracy_benchmark.json").write_text(json.dumps(meta, indent=2))
+        keras.backend.clear_session()  # one process runs the whole grid
+        resumed = False
+    return {**res, "run_dir": str(workdir), "overrides": overrides, "config": config,
+            "resumed": resumed, "total_wall_s": meta["total_wall_s"]}
+
+
+# ----------------------------------------------------------------------------- summarising
+
+def _mean_std(values: list) -> tuple:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(cell: Cell, runs: list[dict]) -> dict:
+    out = {"id": cell.id, "task": cell.task.name, "variant": cell.variant,
+           "method": cell.method.name, "base": cell.task.base,
+           "common_overrides": cell.common, "overrides": cell.own,
+           "seeds": [r["config"]["seed"] for r in runs]}
+    for key in ("target_acc", "target_mean_class_acc", "target_acc_at_best_source_val",
+                "source_val_acc", "wall_time_s", "total_wall_s"):
+        out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
+        out[key + "_per_seed"] = [r.get(key) for r in runs]
+    out["steps"] = sorted({r["steps"] for r in runs})
+    out["classes"] = runs[0]["classes"]
+    out["dropped_classes"] = runs[0]["dropped_classes"]
+    out["config_seed0"] = runs[0]["config"]
+    out["run_dirs"] = [r["run_dir"] for r in runs]
+    return out
+
+
+def check_bars(summaries: list[dict]) -> list[dict]:
+    """Each DDC cell against its task's bar: beats source only (same task and variant) on the
+    mean over seeds by more than ``min_gain``, and reaches ``min_ddc_acc``."""
+    base = {(s["task"], s["variant"]): s for s in summaries if s["method"] == "source_only"}
+    checks = []
+    for s in summaries:
+        if s["method"] == "source_only" or (s["task"], s["variant"]) not in base:
+            continue
+        task = TASKS_BY_NAME[s["task"]]
+        gain = s["target_acc"] - base[(s["task"], s["variant"])]["target_acc"]
+        ok = gain > task.min_gain and (task.min_ddc_acc is None or s["target_acc"] >= task.min_ddc_acc)
+        checks.append({"id": s["id"], "bar": task.bar, "target_acc": s["target_acc"],
+                       "gain": gain, "passed": ok})
+    return checks
+
+
+def select_lambdas(summaries: list[dict]) -> list[dict]:
+    """For each DDC method run at several λ: the λ chosen by source validation only.
+
+    Rule: the largest λ whose mean source validation accuracy is at least source only's
+    (same task and variant) minus ``SOURCE_VAL_TOLERANCE``; the smallest λ if none is.
+    Target accuracy is looked up only after the choice, for the report.
+    """
+    base = {(s["task"], s["variant"]): s for s in summaries if s["method"] == "source_only"}
+    groups: dict = {}
+    for s in summaries:
+        if s["method"] != "source_only":
+            key = (s["task"], s["variant"], method_family(s["task"], s["method"]))
+            groups.setdefault(key, []).append(s)
+    out = []
+    for (task, variant, family), cands in groups.items():
+        ref = base.get((task, variant))
+        if len(cands) < 2 or ref is None:
+            continue
+        cands = sorted(cands, key=lambda c: c["config_seed0"]["mmd"]["weight"])
+        ok = [c for c in cands if c["source_val_acc"] >= ref["source_val_acc"] - SOURCE_VAL_TOLERANCE]
+        chosen = ok[-1] if ok else cands[0]
+        out.append({"task": task, "variant": variant, "method": family, "id": chosen["id"],
+                    "source_only_source_val_acc": ref["source_val_acc"],
+                    "candidates": [{"lambda": c["config_seed0"]["mmd"]["weight"], "id": c["id"],
+                                    "source_val_acc": c["source_val_acc"]} for c in cands],
+                    "lambda": chosen["config_seed0"]["mmd"]["weight"],
+                    "target_acc": chosen["target_acc"], "target_acc_std": chosen["target_acc_std"],
+                    "gain": chosen["target_acc"] - ref["target_acc"]})
+    return out
+
+
+def _pct(mean, std=None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def _machine() -> str:
+    import keras
+    import tensorflow as tf
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = tf.config.list_physical_devices("GPU")
+    load = "%.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else "n/a"
+    return (f"nproc={os.cpu_count()}, CPU: {cpu}, "
+            + (f"GPU: {', '.join(g.name for g in gpus)}" if gpus else "no GPU")
+            + f"; tensorflow {tf.__version__}, keras {keras.__version__}, python "
+            f"{platform.python_version()}; load average at the end (1/5/15 min): {load} "
+            "(a shared machine: wall times are indicative only)")
+
+
+def render(summaries: list[dict], checks: list[dict], command: str, machine: str, date: str,
+           notes: list[str], selected: list[dict] | None = None) -> str:
+    """The markdown report."""
+    lines = ["# Accuracy benchmark: DDC vs source only", "",
+             "Generated by `benchmarks/accuracy.py`; do not edit by hand.", "",
+             f"- command: `{command}`", f"- machine: {machine}", f"- date: {date}",
+             f"- hyperparameters: {HYPERPARAMETER_RULE}", ""]
+    for note in notes:
+        lines.append(f"- {note}")
+    if notes:
+        lines.append("")
+    lines += ["Accuracies in %, mean ± std over the seeds. `Δ` is DDC minus source only (same "
+              "task and backbone variant). `src val` is source validation accuracy at the final "
+              "step. `setup s` is data loading plus (in mode \"features\") the extraction of the "
+              "cached features, per run; `train s` the training loop with its evaluations.", ""]
+    by_task: dict = {}
+    for s in summaries:
+        by_task.setdefault(s["task"], []).append(s)
+    for task in TASKS:
+        rows = by_task.get(task.name)
+        if not rows:
+            continue
+        common = " ".join(f"`--set {o}`" for o in rows[0]["common_overrides"]) or "none"
+        lines += [f"## {task.title}", "", f"Base config `{task.base}`; bar: {task.bar}. "
+                  f"Classes ({len(rows[0]['classes'])}): {', '.join(rows[0]['classes'])}.",
+                  f"Overrides of every run of this task: {common}; each row adds its own, "
+                  "and `--set seed=<seed>`."]
+        dropped = {k: v for k, v in rows[0]["dropped_classes"].items() if v}
+        if dropped:
+            lines.append("Dropped for lack of a counterpart: " + "; ".join(
+                f"{k}: {', '.join(v)}" for k, v in dropped.items()) + ".")
+        lines += ["", "| cell | method | seeds | steps | target acc | Δ | mean per-class acc | "
+                  "target acc @ best src val | src val | setup s | train s | overrides |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        base = {s["variant"]: s for s in rows if s["method"] == "source_only"}
+        for s in rows:
+            title = method_title(s["task"], s["method"])
+            ref = base.get(s["variant"])
+            delta = ("" if s["method"] == "source_only" or ref is None
+                     else f"{100 * (s['target_acc'] - ref['target_acc']):+.1f}")
+            setup = (s["total_wall_s"] or 0) - (s["wall_time_s"] or 0)
+            over = " ".join(f"`--set {o}`" for o in s["overrides"])
+            lines.append(
+                f"| {s['id']} | {title} | {len(s['seeds'])} | {'/'.join(map(str, s['steps']))} | "
+                f"{_pct(s['target_acc'], s['target_acc_std'])} | {delta} | "
+                f"{_pct(s['target_mean_class_acc'], s['target_mean_class_acc_std'])} | "
+                f"{_pct(s['target_acc_at_best_source_val'], s['target_acc_at_best_source_val_std'])} | "
+                f"{_pct(s['source_val_acc'])} | {setup:.0f} | {s['wall_time_s']:.0f} | {over} |")
+        lines.append("")
+    if selected:
+        lines += ["## λ chosen by source validation", "",
+                  "Where a DDC method ran at several λ, the λ below is chosen without target labels: "
+                  "the largest λ whose mean source validation accuracy is at least source only's "
+                  f"minus {100 * SOURCE_VAL_TOLERANCE:g} points (as much alignment as the source "
+                  "task tolerates; the smallest λ if none qualifies). Target accuracy is read only "
+                  "after the choice.", "",
+                  "| task / variant | method | src val: source only | src val per λ | chosen λ | "
+                  "target acc | Δ |", "|---|---|---|---|---|---|---|"]
+        for c in selected:
+            per = ", ".join(f"λ={x['lambda']:g}: {_pct(x['source_val_acc'])}" for x in c["candidates"])
+            lines.append(f"| {c['task']}/{c['variant']} | {c['method']} | "
+                         f"{_pct(c['source_only_source_val_acc'])} | {per} | {c['lambda']:g} | "
+                         f"{_pct(c['target_acc'], c['target_acc_std'])} | {100 * c['gain']:+.1f} |")
+        lines.append("")
+    if checks:
+        chosen = {c["id"] for c in selected or []}
+        lines += ["## Bars", ""]
+        for label, subset in (("DDC cells", checks),
+                              ("DDC cells with λ chosen by source validation",
+                               [c for c in checks if c["id"] in chosen])):
+            if subset:
+                lines.append(f"- {label}: {sum(c['passed'] for c in subset)} of {len(subset)} "
+                             "pass their task's bar.")
+        lines += ["", "| cell | bar | target acc | Δ vs source only | passed |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c['id']} | {c['bar']} | {_pct(c['target_acc'])} | {100 * c['gain']:+.1f} | "
+                  f"{'yes' if c['passed'] else '**no**'} |" for c in checks]
+        lines.append("")
+    lines += ["## Exact configs", "",
+              "Each run is `python scripts/train_ddc.py --config <base> --set ...` with the overrides "
+              "of its row plus `--set seed=<seed>` (and a `name`). The resolved config of seed 0 of "
+              "each cell:", ""]
+    for s in summaries:
+        lines += [f"<details><summary>{s['id']}</summary>", "", "```json",
+                  json.dumps(s["config_seed0"], indent=1), "```", "", "</details>", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="a small grid (one seed, fewer steps and images, frozen MobileNetV2 only)")
+    p.add_argument("--only", default="", help="comma-separated glob patterns of cell ids, e.g. "
+                   "'usps_mnist/source_only,siri_whu_aid/frozen/*'; cells run in the patterns' "
+                   "order")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0)")
+    p.add_argument("--steps", type=int, default=None, help="override train.steps of every run "
+                   "(evaluation at the end only)")
+    p.add_argument("--max-per-class", type=int, default=None,
+                   help="cap images per class in both domains (tests)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra config override for every run, or for one task's runs "
+                   "with TASK:KEY=VALUE (e.g. usps_mnist:train.steps=1500)")
+    p.add_argument("--runs", default=None, help="folder of the run directories (default "
+                   "runs/accuracy, quick: runs/accuracy-quick)")
+    p.add_argument("--out", default=None, help="markdown report (default docs/RESULTS.md; "
+                   "quick: <runs>/RESULTS.md)")
+    p.add_argument("--json", default=None, help="machine-readable results (default "
+                   "docs/results.json; quick: <runs>/results.json)")
+    p.add_argument("--note", action="append", default=[], help="a line for the report's header "
+                   "(for example what a reduced grid left out)")
+    p.add_argument("--no-feature-memo", action="store_true",
+                   help="re-extract cached features in every run (see FeatureMemo)")
+    p.add_argument("--data-root", default=os.environ.get("DDC_DATA_ROOT", str(SHARED / "data")))
+    p.add_argument("--weights-root",
+                   default=os.environ.get("DDC_WEIGHTS_ROOT", str(SHARED / "weights")))
+    return p.parse_args(argv)
+
+
+def command_line(argv: list[str]) -> str:
+    cmd = "python benchmarks/accuracy.py " + " ".join(shlex.quote(a) for a in argv)
+    niceness = os.nice(0)
+    return (f"nice -n {niceness} " if niceness else "") + cmd.strip()
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Runs the grid; writes and returns the markdown report."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    extra = list(args.overrides)
+    if args.steps is not None:
+        extra += [f"train.steps={args.steps}", f"train.eval_every={args.steps}",
+                  f"train.checkpoint_every={args.steps}", f"train.log_every={args.steps}"]
+    if args.max_per_class is not None:
+        extra += [f"data.source.max_per_class={args.max_per_class}",
+                  f"data.target.max_per_class={args.max_per_class}"]
+    only = [p.strip() for p in args.only.split(",") if p.strip()]
+    cells = build_grid(args.quick, only, extra)
+    if not cells:
+        raise SystemExit(f"--only {args.only!r} matches no cell")
+    runs = Path(args.runs or REPO / ("runs/accuracy-quick" if args.quick else "runs/accuracy"))
+    out_md = Path(args.out or (runs / "RESULTS.md" if args.quick else REPO / "docs/RESULTS.md"))
+    out_json = Path(args.json or (runs / "results.json" if args.quick else REPO / "docs/results.json"))
+    command = command_line(argv)
+    memo = FeatureMemo()
+    with contextlib.nullcontext() if args.no_feature_memo else memo.installed():
+        text = _run_grid(args, cells, seeds, runs, out_md, out_json, command, memo)
+    print(f"wrote {out_md} and {out_json}", file=sys.stderr)
+    return text
+
+
+def reductions(cells: list[Cell], summaries: list[dict], seeds: list[int], quick: bool) -> list[str]:
+    """Lines saying how this report differs from the full grid (cells, seeds, steps)."""
+    lines = []
+    if quick:
+        lines.append("**quick grid** (`--quick`: fewer steps and images, frozen MobileNetV2 only): "
+                     "a smoke run, not the benchmark")
+    done = {s["id"] for s in summaries}
+    missing = [c.id for c in build_grid(False, None, []) if c.id not in done]
+    if missing and not quick:
+        lines.append(f"**reduced grid**: {len(missing)} of {len(missing) + len(done)} cells not "
+                     f"run: {', '.join(missing)}")
+    if seeds != [0, 1, 2]:
+        lines.append(f"seeds: {', '.join(map(str, seeds))} (the full grid uses 0, 1, 2)")
+    for task in TASKS:
+        rows = [s for s in summaries if s["task"] == task.name]
+        if not rows:
+            continue
+        base = json.loads((REPO / task.base).read_text()).get("train", {}).get("steps", 1000)
+        steps = sorted({n for s in rows for n in s["steps"]})
+        if steps != [base]:
+            lines.append(f"{task.name}: {'/'.join(map(str, steps))} training steps instead of "
+                         f"the base config's {base}")
+    return lines
+
+
+def _run_grid(args, cells, seeds, runs, out_md, out_json, command, memo) -> str:
+    t_start = time.time()
+    summaries = []
+    total = len(cells) * len(seeds)
+    for i, cell in enumerate(cells):
+        results = []
+        for j, seed in enumerate(seeds):
+            k = i * len(seeds) + j + 1
+            print(f"[accuracy {k}/{total}, {time.time() - t_start:.0f} s] {cell.id} seed {seed}",
+                  file=sys.stderr, flush=True)
+            results.append(run_cell_seed(cell, seed, runs, Path(args.data_root),
+                                         Path(args.weights_root)))
+        summaries.append(summarize(cell, results))
+        # written after every cell, so a long grid's partial results can be read (and resumed)
+        checks = check_bars(summaries)
+        date = time.strftime("%Y-%m-%d %H:%M %Z")
+        notes = reductions(cells, summaries, seeds, args.quick) + list(args.note) + [
+            f"{len(summaries)} of {len(cells)} cells done; {time.time() - t_start:.0f} s in "
+            "this invocation (runs read back from earlier invocations cost ~0 s)"]
+        if not args.no_feature_memo:
+            notes.append(
+                "mode \"features\" runs share one in-process memo of the frozen part's output "
+                "per image (`FeatureMemo` in the script: the same frozen weights and the same "
+                "image give the same features, so only the first run extracts them; "
+                f"{memo.misses} images extracted, {memo.hits} reused in this invocation). "
+                "`setup s` of a run that reused them is small; the first run of a backbone "
+                "variant pays the extraction.")
+        selected = select_lambdas(summaries)
+        text = render(summaries, checks, command, _machine(), date, notes, selected)
+        out_md.parent.mkdir(parents=True, exist_ok=True)
+        out_md.write_text(text)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps({"command": command, "date": date, "machine": _machine(),
+                                        "hyperparameter_rule": HYPERPARAMETER_RULE,
+                                        "seeds": seeds, "cells": summaries, "bars": checks,
+                                        "lambda_by_source_val": selected},
+                                       indent=1))
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The accuracy benchmark's smallest cell end to end (real USPS -> MNIST, a few images, 5 steps),
+and its grid, override and bar logic, so the benchmark code cannot rot."""
+
+import json
+
+import pytest
+
+from conftest import DATA_ROOT, WEIGHTS_ROOT
+
+from benchmarks import accuracy
+
+needs_digits = pytest.mark.skipif(not (DATA_ROOT / "usps").is_dir()
+                                  or not (DATA_ROOT / "mnist_test").is_dir(),
+                                  reason=f"USPS / MNIST not found under {DATA_ROOT}")
+
+
+def _rows(text: str) -> dict:
+    """Rows of the markdown tables, keyed by their first cell."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.setdefault(cells[0], cells)
+    return rows
+
+
+def test_grid_covers_tasks_methods_and_variants():
+    cells = accuracy.build_grid(quick=False, only=None, extra=[])
+    ids = {c.id for c in cells}
+    # DDC also at λ = 1 on SIRI-WHU/AID with the frozen backbone
+    assert len(ids) == len(cells) == 5 + 2 * (5 + 4) + 2 * 5
+    assert "siri_whu_aid/frozen/ddc_gauss_biased_lam1" in ids
+    assert "siri_whu_aid/last_blocks/ddc_gauss_biased_lam1" not in ids
+    assert {"usps_mnist/source_only", "siri_whu_aid/frozen/ddc_gauss_unbiased",
+            "aid_siri_whu/last_blocks/ddc_linear_kernel"} <= ids
+    quick = {c.id for c in accuracy.build_grid(quick=True, only=None, extra=[])}
+    assert quick < ids and not any("last_blocks" in i for i in quick)
+    only = accuracy.build_grid(quick=False, only=["siri_whu_aid/frozen", "usps_mnist/ddc_*"],
+                               extra=[])
+    assert [c.id for c in only] == (  # in the order of the patterns
+        [f"siri_whu_aid/frozen/{m.name}"
+         for m in accuracy.methods_for(accuracy.TASKS_BY_NAME["siri_whu_aid"])]
+        + [f"usps_mnist/{m.name}" for m in accuracy.METHODS[1:]])
+    scoped = accuracy.build_grid(quick=False, only=["usps_mnist/source_only", "aid_siri_whu"],
+                                 extra=["usps_mnist:train.steps=9", "train.lr=0.1"])
+    assert scoped[0].common[-2:] == ["train.steps=9", "train.lr=0.1"]
+    assert all("train.steps=9" not in c.common and "train.lr=0.1" in c.common
+               for c in scoped[1:])
+
+
+def test_feature_memo_extracts_each_image_once_and_returns_the_same_features():
+    import keras
+    import numpy as np
+
+    inp = keras.Input((4, 4, 3))
+    bottom = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(5, 3)(inp)))
+    calls = []
+
+    def extract(model, preprocess, images, batch_size, desc=""):
+        calls.append(len(images))
+        return model(preprocess(images.astype("float32"))).numpy()
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (10, 4, 4, 3), dtype=np.uint8)
+    memo = accuracy.FeatureMemo()
+    fn = memo.wrap(extract)
+    first = fn(bottom, lambda x: x / 255.0, images[:6], 4)
+    again = fn(bottom, lambda x: x / 255.0, images[[7, 2, 9, 0]], 4)
+    np.testing.assert_allclose(again, extract(bottom, lambda x: x / 255.0, images[[7, 2, 9, 0]], 4),
+                               rtol=1e-6)
+    np.testing.assert_allclose(first, extract(bottom, lambda x: x / 255.0, images[:6], 4), rtol=1e-6)
+    assert calls[:2] == [6, 2] and (memo.misses, memo.hits) == (8, 2)
+    bottom.weights[0].assign(bottom.weights[0] + 1.0)  # other weights: a new key, extracted again
+    fn(bottom, lambda x: x / 255.0, images[:3], 4)
+    assert calls[4] == 3
+
+
+def test_overrides_resolve_to_valid_configs_of_each_method():
+    from ddc.config import load
+    for cell in accuracy.build_grid(quick=False, only=None, extra=["train.steps=7"]):
+        cfg = load(accuracy.REPO / cell.task.base, cell.overrides(2))
+        assert cfg.seed == 2 and cfg.train.steps == 7
+        family = cell.method.family or cell.method.name
+        assert (cfg.mmd.weight == 0) == (family == "source_only")
+        if family == "ddc_linear_kernel":
+            assert cfg.mmd.kernel == "linear"
+        if family.startswith("ddc_gauss_"):
+            assert (cfg.mmd.kernel, cfg.mmd.estimator) == ("gaussian", family[10:])
+        if cell.method.lam is not None:
+            assert cell.method.name.endswith("_lam1") and cfg.mmd.weight == 1.0
+        if cell.task.name != "usps_mnist":
+            assert cfg.mode == "features" and not cfg.data.augment and cfg.data.cache == "disk"
+            assert cfg.mmd.weight in (0, 0.25, 1.0) and cfg.model.adapt_width == 256
+            want = {"frozen": ("backbone", None), "last_blocks": ("until", "block_15_add")}
+            assert (cfg.model.freeze.mode, cfg.model.freeze.layer) == want[cell.variant]
+    aid = load(accuracy.REPO / "configs/grid/aid_siri_whu.json")
+    assert aid.data.source.root == "aid" and aid.data.target.root == "siri_whu"
+    assert aid.data.source.class_map["SparseResidential"] == "residential"
+    assert not aid.data.target.class_map
+
+
+def test_effective_overrides_keep_the_last_value_of_a_key():
+    assert accuracy.effective(["a=1", "b=2", "a=3"]) == ["b=2", "a=3"]
+
+
+def test_lambda_is_chosen_by_source_validation_only():
+    def s(method, lam, src_val, acc):
+        return {"task": "siri_whu_aid", "variant": "frozen", "method": method,
+                "id": f"siri_whu_aid/frozen/{method}", "source_val_acc": src_val,
+                "target_acc": acc, "target_acc_std": 0.0, "config_seed0": {"mmd": {"weight": lam}}}
+    sel = accuracy.select_lambdas([
+        s("source_only", 0.0, 0.90, 0.50),
+        s("ddc_gauss_biased", 0.25, 0.90, 0.60), s("ddc_gauss_biased_lam1", 1.0, 0.892, 0.55),
+        s("ddc_linear_kernel", 0.25, 0.90, 0.51), s("ddc_linear_kernel_lam1", 1.0, 0.85, 0.70),
+        s("ddc_gauss_unbiased", 0.25, 0.90, 0.52)])  # one λ only: no choice to make
+    assert [(c["method"], c["lambda"]) for c in sel] == [("ddc_gauss_biased", 1.0),
+                                                         ("ddc_linear_kernel", 0.25)]
+    assert sel[0]["gain"] == pytest.approx(0.05) and sel[1]["id"].endswith("ddc_linear_kernel")
+
+
+def test_bars_compare_each_ddc_cell_with_source_only_of_its_variant():
+    def s(task, variant, method, acc):
+        return {"task": task, "variant": variant, "method": method, "target_acc": acc,
+                "id": f"{task}/{variant}/{method}"}
+    checks = accuracy.check_bars([
+        s("usps_mnist", "", "source_only", 0.6), s("usps_mnist", "", "ddc_gauss_biased", 0.91),
+        s("usps_mnist", "", "ddc_linear_kernel", 0.85),
+        s("siri_whu_aid", "frozen", "source_only", 0.54),
+        s("siri_whu_aid", "frozen", "ddc_gauss_biased", 0.56),
+        s("siri_whu_aid", "last_blocks", "source_only", 0.50),
+        s("siri_whu_aid", "last_blocks", "ddc_gauss_biased", 0.56)])
+    assert [(c["id"], c["passed"]) for c in checks] == [
+        ("usps_mnist//ddc_gauss_biased", True), ("usps_mnist//ddc_linear_kernel", False),
+        ("siri_whu_aid/frozen/ddc_gauss_biased", False),
+        ("siri_whu_aid/last_blocks/ddc_gauss_biased", True)]
+    assert checks[3]["gain"] == pytest.approx(0.06)
+
+
+@needs_digits
+def test_smallest_cell_end_to_end_writes_the_row_and_resumes(tmp_path):
+    args = ["--quick", "--only", "usps_mnist/source_only", "--seeds", "0", "--steps", "5",
+            "--max-per-class", "10", "--runs", str(tmp_path / "runs"),
+            "--data-root", str(DATA_ROOT), "--weights-root", str(WEIGHTS_ROOT)]
+    text = accuracy.main(args)
+    md = (tmp_path / "runs" / "RESULTS.md").read_text()
+    assert md == text and "--only usps_mnist/source_only" in md.splitlines()[4]
+    assert "target labels are used only" in md.lower()
+    row = _rows(md)["usps_mnist/source_only"]
+    assert row[2] == "1" and row[3] == "5"
+    acc = float(row[4].split("±")[0])
+    assert 0 <= acc <= 100
+    data = json.loads((tmp_path / "runs" / "results.json").read_text())
+    (cell,) = data["cells"]
+    assert cell["steps"] == [5] and cell["config_seed0"]["mmd"]["weight"] == 0
+    assert cell["target_acc"] == pytest.approx(acc / 100, abs=5e-4)
+    run_dir = cell["run_dirs"][0]
+    assert json.loads(open(f"{run_dir}/results.json").read())["target_acc"] == cell["target_acc"]
+    # a second invocation reads the finished run back instead of training again
+    accuracy.main(args)
+    again = json.loads((tmp_path / "runs" / "results.json").read_text())["cells"][0]
+    assert again["run_dirs"] == [run_dir] and again["target_acc"] == cell["target_acc"]
+    assert again["total_wall_s"] == cell["total_wall_s"]
