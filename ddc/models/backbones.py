@@ -60,7 +60,7 @@ def _load_error_summary(e: Exception) -> str:
     if not text:
         return type(e).__name__
     first = text.splitlines()[0]
-    shapes = re.search(r"variable\.shape=(\S+?),? Received: value\.shape=(\S+?)[,.]?\s", text)
+    shapes = re.search(r"variable\.shape=(\([^)]*\)),? Received: value\.shape=(\([^)]*\))", text)
     where = re.search(r"Target variable: <Variable path=(\S+?),", text)
     if shapes:
         first += (f" {where.group(1) if where else 'a variable'} has shape {shapes.group(1)}, "

@@ -1,0 +1,300 @@
+"""Shared helpers of the speed benchmarks: header, timing, statistics, tables, step building.
+
+Every benchmark measures side by side: its variants run in alternating blocks (A, B, A, B, ...)
+after a warm-up, so slow drifts of a shared machine's load hit all of them alike, and it reports
+per-round ratios (A_i / B_i) next to mean ± std and median of each variant.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ddc import config as ddc_config  # noqa: E402
+from ddc.models import apply_freeze, build_network, resolve_weights  # noqa: E402
+from ddc.train.optim import make_optimizer  # noqa: E402
+from ddc.train.step import TrainStep  # noqa: E402
+
+CONFIGS = REPO / "configs"
+SHARED = REPO.parent / "shared"
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("DDC_DATA_ROOT", SHARED / "data"))
+
+
+def weights_root() -> Path:
+    return Path(os.environ.get("DDC_WEIGHTS_ROOT", SHARED / "weights"))
+
+
+# ----------------------------------------------------------------------------- header
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def command_line(script: str, args: list[str] | None = None) -> str:
+    """The command that runs ``script`` with ``args`` (default: this process's arguments), with
+    ``nice -n N`` when this process is niced."""
+    args = sys.argv[1:] if args is None else args
+    try:
+        script = str(Path(script).resolve().relative_to(REPO))
+    except ValueError:
+        pass
+    cmd = "python " + " ".join(shlex.quote(a) for a in [script, *args])
+    niceness = os.nice(0)
+    return f"nice -n {niceness} {cmd}" if niceness else cmd
+
+
+def header(title: str, script: str, args: list[str] | None = None) -> str:
+    """Markdown lines: title, exact command, machine, versions, load (the machine is shared)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        load = "%.1f %.1f %.1f" % os.getloadavg()
+    except OSError:
+        load = "n/a"
+    return "\n".join([
+        f"### {title}",
+        "",
+        f"- command: `{command_line(script, args)}`",
+        f"- machine: nproc={os.cpu_count()}, CPU: {cpu_model()}"
+        + (f", GPU: {', '.join(g.name for g in gpus)}" if gpus else ", no GPU"),
+        f"- versions: tensorflow {tf.__version__}, keras {keras.__version__}, "
+        f"python {platform.python_version()}",
+        f"- load average at start (1/5/15 min): {load}; date: {time.strftime('%Y-%m-%d %H:%M')}",
+        "",
+    ])
+
+
+# ----------------------------------------------------------------------------- statistics
+
+@dataclass
+class Stats:
+    values: list
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def fmt(self, digits: int = 1) -> str:
+        """``mean ± std`` at ``digits`` decimals."""
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+def ratios(a: list, b: list) -> Stats:
+    """Per-round ratios a_i / b_i (paired: measured back to back)."""
+    return Stats([x / y for x, y in zip(a, b)])
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A markdown table; cells are formatted with ``str``."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def parse_tables(text: str) -> list[list[dict]]:
+    """Every markdown table in ``text``, as lists of row dicts keyed by the header (for tests)."""
+    tables, block = [], []
+    for line in text.splitlines() + [""]:
+        if line.strip().startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        if len(block) >= 2:
+            tables.append([dict(zip(block[0], row)) for row in block[2:]])
+        block = []
+    return tables
+
+
+def number(cell: str) -> float:
+    """The leading number of a table cell such as ``12.3 ± 0.4``, ``1.05x`` or ``0.2 -> 0.1``."""
+    return float(cell.replace("x", " ").split()[0])
+
+
+# ----------------------------------------------------------------------------- timing
+
+def alternate(blocks: dict[str, Callable[[], float]], repeats: int,
+              warmup: int = 1) -> dict[str, list[float]]:
+    """Runs every block ``warmup`` times, then ``repeats`` rounds of all blocks in turn.
+
+    Args:
+        blocks: name -> callable that runs one timed block and returns its seconds.
+        repeats: rounds; in each, the blocks run in the order given (A, B, A, B, ...).
+        warmup: untimed rounds first (tracing, compilation, caches).
+
+    Returns:
+        name -> list of ``repeats`` seconds.
+    """
+    for _ in range(warmup):
+        for fn in blocks.values():
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in blocks}
+    for _ in range(repeats):
+        for name, fn in blocks.items():
+            out[name].append(fn())
+    return out
+
+
+def sync(value) -> None:
+    """Waits until ``value`` (a tensor or a structure of tensors) has been computed."""
+    leaves = [v for v in tf.nest.flatten(value) if hasattr(v, "numpy")]
+    if leaves:
+        leaves[0].numpy()
+
+
+class BatchTimer(keras.callbacks.Callback):
+    """Times ``fit``: seconds from the end of its first batch to the end of its last one.
+
+    Each batch end reads the loss back (a host sync, as our loop does once per step), so the
+    interval covers the computation of batches 2..N.
+    """
+
+    def on_train_begin(self, logs=None):
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        value = logs.get("loss", next(iter(logs.values()), None))
+        if value is not None:
+            np.asarray(value)
+        self.ends.append(time.perf_counter())
+
+    @property
+    def seconds(self) -> float:
+        return self.ends[-1] - self.ends[0]
+
+    @property
+    def timed_steps(self) -> int:
+        return len(self.ends) - 1
+
+
+# ----------------------------------------------------------------------------- building runs
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> ddc_config.Config:
+    """A shipped config by name (``demo``, ``siri_whu``) or a path, with ``--set`` overrides."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIGS / f"{name_or_path}.json"
+    return ddc_config.load(path, overrides or [])
+
+
+def resolve_weights_or_none(cfg: ddc_config.Config) -> tuple[str | None, str]:
+    """(weights, note): the configured weights file, or None with a note when it is absent
+    (speed does not depend on the weight values)."""
+    try:
+        return resolve_weights(cfg.model.weights, weights_root()), ""
+    except ddc_config.ConfigError:
+        return None, f"weights file {cfg.model.weights} not found: random init"
+
+
+@dataclass
+class Run:
+    """A network with its freeze, optimizer and traced step, built as ``loop._Stage`` does."""
+    cfg: ddc_config.Config
+    net: object
+    optimizer: object
+    step: TrainStep
+    step_var: tf.Variable
+    use_target: bool
+    note: str
+
+    @property
+    def images_per_step(self) -> int:
+        return self.cfg.train.batch_size * (2 if self.use_target else 1)
+
+
+def build_net(cfg: ddc_config.Config, num_classes: int):
+    """(network with the config's freeze applied, optimizer over its trainable variables, step
+    counter, note), built as ``loop._Stage`` builds them. The global precision policy must
+    already be ``cfg.train.precision``."""
+    weights, note = resolve_weights_or_none(cfg)
+    shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
+    net = build_network(cfg.model, shape, num_classes, weights)
+    apply_freeze(net.backbone, cfg.model.freeze)
+    t = cfg.train
+    mult = t.backbone_lr_mult if t.backbone_lr_mult is not None else (0.1 if weights else 1.0)
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    opt = make_optimizer(t, step_var, net.model.trainable_variables,
+                         list(net.backbone.trainable_variables), mult,
+                         t.precision == "mixed_float16")
+    return net, opt, step_var, note
+
+
+def build_run(cfg: ddc_config.Config, num_classes: int, *, use_target: bool,
+              jit_compile: bool | None = None, step_cls=TrainStep) -> Run:
+    """Network, freeze, optimizer and ``TrainStep`` (or ``step_cls``) as the loop builds them."""
+    net, opt, step_var, note = build_net(cfg, num_classes)
+    jit = cfg.train.jit_compile if jit_compile is None else jit_compile
+    step = step_cls(net.model, opt, cfg.mmd, use_target=use_target,
+                    loss_scale=cfg.train.precision == "mixed_float16", jit_compile=jit)
+    return Run(cfg, net, opt, step, step_var, use_target, note)
+
+
+def random_batches(cfg: ddc_config.Config, num_classes: int, count: int = 4,
+                   seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``count`` random ``(x_s uint8, labels int32, x_t uint8)`` batches of the config's shape
+    (a step's time does not depend on pixel values)."""
+    rng = np.random.default_rng(seed)
+    b, s, c = cfg.train.batch_size, cfg.data.image_size, cfg.data.channels
+    return [(rng.integers(0, 256, (b, s, s, c), dtype=np.uint8),
+             rng.integers(0, num_classes, b).astype(np.int32),
+             rng.integers(0, 256, (b, s, s, c), dtype=np.uint8)) for _ in range(count)]
+
+
+def batch_dataset(batches) -> tf.data.Dataset:
+    """An infinite prefetched tf.data stream cycling over ``batches``."""
+    xs, ys, xt = (np.stack(a) for a in zip(*batches))
+    return tf.data.Dataset.from_tensor_slices((xs, ys, xt)).repeat().prefetch(tf.data.AUTOTUNE)
+
+
+def step_block(run: Run, batches_iter, steps: int, lam: float) -> Callable[[], float]:
+    """A block of ``steps + 1`` steps as the training loop runs them (next batch, step, step
+    counter, host sync); returns the seconds of the last ``steps`` (the first one only primes)."""
+
+    def block() -> float:
+        t0 = None
+        for _ in range(steps + 1):
+            x_s, y_s, x_t = next(batches_iter)
+            m = run.step(x_s, y_s, x_t, lam)
+            run.step_var.assign_add(1)
+            bool(m["finite"])
+            if t0 is None:
+                t0 = time.perf_counter()
+        return time.perf_counter() - t0
+
+    return block
+
+
+def check_finite(run: Run, batches_iter, lam: float) -> bool:
+    x_s, y_s, x_t = next(batches_iter)
+    return bool(run.step(x_s, y_s, x_t, lam)["finite"])

@@ -1,0 +1,155 @@
+"""Smoke tests of the speed benchmarks: each runs its smallest setting in-process and prints a
+header and markdown tables with the expected rows and positive timings."""
+
+import subprocess
+
+import pytest
+
+from conftest import REPO, make_tree
+
+from benchmarks import bench_mmd, bench_pipeline, bench_precision, bench_step, common
+
+
+def _check_header(text: str, script: str):
+    assert "- command: `" in text and script in text
+    assert "nproc=" in text and "tensorflow " in text
+
+
+def _by_first_column(rows: list[dict]) -> dict:
+    return {next(iter(r.values())): r for r in rows}
+
+
+@pytest.fixture
+def tiny_jpeg_config(tmp_path, write_config):
+    """A two-domain JPEG tree and a LeNet DDC config over it (16 px, batch 4+4)."""
+    src = make_tree(tmp_path / "src", per_class=6, size=20, seed=1, ext=".jpg")
+    tgt = make_tree(tmp_path / "tgt", per_class=6, size=20, seed=2, ext=".jpg", colour_shift=30)
+    cfg = {"name": "tiny", "seed": 0,
+           "data": {"source": {"root": str(src)}, "target": {"root": str(tgt)},
+                    "image_size": 16, "channels": 3, "val_fraction": 0.25, "augment": True},
+           "model": {"backbone": "lenet", "adapt_width": 16},
+           "mmd": {"weight": 0.5},
+           "train": {"steps": 10, "batch_size": 4, "optimizer": "adam", "lr": 0.001}}
+    return write_config(cfg), tmp_path
+
+
+def test_common_helpers():
+    assert common.number("12.5 ± 0.3") == 12.5 and common.number("1.20x") == 1.2
+    s = common.Stats([1.0, 2.0, 3.0, 10.0])
+    assert (s.mean, s.median) == (4.0, 2.5)
+    assert s.std == pytest.approx(4.0825, abs=1e-4)
+    assert common.ratios([2.0, 6.0], [1.0, 2.0]).values == [2.0, 3.0]
+    tables = common.parse_tables("x\n\n" + common.table(["a", "b"], [[1, 2], [3, 4]]) + "\n\ny\n"
+                                 + common.table(["c"], [[5]]))
+    assert tables == [[{"a": "1", "b": "2"}, {"a": "3", "b": "4"}], [{"c": "5"}]]
+    calls = []
+    times = common.alternate({"A": lambda: calls.append("A") or 1.0,
+                              "B": lambda: calls.append("B") or 2.0}, repeats=2, warmup=1)
+    assert calls == ["A", "B"] * 3 and times == {"A": [1.0, 1.0], "B": [2.0, 2.0]}
+
+
+def test_bench_mmd_smallest():
+    text = bench_mmd.main(["--batches", "8", "--width", "16", "--repeats", "2", "--calls", "1",
+                           "--step-configs", "demo", "--step-batch", "8", "--step-steps", "1"])
+    _check_header(text, "bench_mmd")
+    times, shares = common.parse_tables(text)
+    assert [r["estimator"] for r in times] == [v[0] for v in bench_mmd.VARIANTS]
+    assert all(r["batch"] == "8+8" and common.number(r["mean ± std ms"]) > 0 for r in times)
+    (row,) = shares
+    assert row["config"] == "demo" and common.number(row["DDC step ms"]) > 0
+    assert common.number(row["gaussian biased share %"]) > 0
+
+
+def test_bench_step_smallest():
+    text = bench_step.main(["--config", "demo", "--set", "train.batch_size=8", "--repeats", "1",
+                            "--steps", "1", "--no-xla"])
+    _check_header(text, "bench_step")
+    speed, ratios = common.parse_tables(text)
+    speed = _by_first_column(speed)
+    assert set(speed) == {"ours finetune", "fit finetune", "ours DDC", "fit DDC",
+                          "ours DDC, MMD = 0", "MMD alone"}
+    assert speed["ours finetune"]["images/step"] == "8" and speed["ours DDC"]["images/step"] == "16"
+    assert all(common.number(r["images/s mean ± std"]) > 0 for r in speed.values())
+    ratios = _by_first_column(ratios)
+    assert common.number(ratios["finetune: ours / fit (images/s)"]["mean ± std"]) > 0
+    assert common.number(ratios["MMD share of the DDC step, isolated (%)"]["mean ± std"]) > 0
+
+
+def test_bench_pipeline_smallest(tiny_jpeg_config):
+    path, root = tiny_jpeg_config
+    text = bench_pipeline.main(["--config", str(path), "--data-root", str(root), "--repeats", "1",
+                                "--batches", "2", "--warm-batches", "1", "--steps", "1"])
+    _check_header(text, "bench_pipeline")
+    speed, ratios = common.parse_tables(text)
+    speed = _by_first_column(speed)
+    assert set(speed) == {"pipeline, decoded cache (train_dataset)", "pipeline, decode every image",
+                          "step, fixed batches", "step fed by train_dataset"}
+    assert all(common.number(r["images/s mean ± std"]) > 0 for r in speed.values())
+    assert len(ratios) == 3 and all(common.number(r["mean ± std"]) > 0 for r in ratios)
+
+
+def test_decode_every_time_matches_the_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+    make_tree(tmp_path / "d", classes=("a",), per_class=2, size=8, ext=".png")
+    files = sorted(str(p) for p in (tmp_path / "d" / "a").iterdir())
+    ds = bench_pipeline.decode_every_time(files, np.zeros(2, np.int32), 8, 3, 2, 0, False)
+    x, y = next(iter(ds))
+    want = {np.asarray(Image.open(f)).tobytes() for f in files}
+    assert x.dtype == "uint8" and {a.tobytes() for a in x.numpy()} == want
+
+
+def test_bench_adapt_smallest(tiny_jpeg_config):
+    pytest.importorskip("adapt", reason="adapt is a benchmark-only package")
+    from benchmarks import bench_adapt
+    path, root = tiny_jpeg_config
+    text = bench_adapt.main(["--config", str(path), "--data-root", str(root), "--repeats", "1",
+                             "--steps", "1", "--seeds", "0"])  # accuracy runs: see below
+    _check_header(text, "bench_adapt")
+    (rows,) = common.parse_tables(text)
+    rows = _by_first_column(rows)
+    assert set(rows) == {"ours DDC (MMD)", "ADAPT DeepCORAL", "ADAPT DANN"}
+    for r in rows.values():
+        assert common.number(r["images/s mean ± std"]) > 0
+        assert r["target acc after 300 steps (0 seeds)"] == "not run"
+
+
+def test_adapt_split_network_trains_only_its_own_parts():
+    """ADAPT's encoder is our network up to the adaptation layer and its task is our logits
+    layer: one ADAPT step moves both, and the encoder holds no logits variable (which its
+    encoder optimizer would otherwise also update)."""
+    pytest.importorskip("adapt", reason="adapt is a benchmark-only package")
+    import numpy as np
+    from benchmarks import bench_adapt
+    cfg = common.load_config("demo", ["train.batch_size=4", "model.adapt_width=8"])
+    rng = np.random.default_rng(0)
+    size = cfg.data.image_size
+    x_s = rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+    x_t = rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+    y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 8)]
+    model, encoder, task = bench_adapt.adapt_model("DANN", cfg, 5, x_t)
+    assert not any("logits" in v.path for v in encoder.trainable_variables)
+    assert [v.path for v in task.trainable_variables] == ["logits/kernel", "logits/bias"]
+    before = [v.numpy().copy() for v in encoder.trainable_variables + task.trainable_variables]
+    assert bench_adapt.adapt_fit(model, x_s, y, 4, 1) == 1
+    after = [v.numpy() for v in encoder.trainable_variables + task.trainable_variables]
+    assert all(np.any(a != b) for a, b in zip(before, after))
+    pred = np.argmax(task(encoder(x_t)).numpy(), axis=1)
+    acc = bench_adapt.accuracy(lambda x: task(encoder(x)), x_t, pred, batch=3)
+    assert acc == 1.0  # batching with a padded last batch keeps the order
+
+
+def test_bench_precision_smallest():
+    text = bench_precision.main(["--runs", "demo", "--steps", "1", "--warmup", "1"])
+    _check_header(text, "bench_precision")
+    (rows,) = common.parse_tables(text)
+    assert [r["precision"] for r in rows] == ["float32", "mixed_float16"]
+    assert all(common.number(r["images/s"]) > 0 and r["losses finite"] == "yes" for r in rows)
+    import keras
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+
+
+def test_gpu_check_script_parses():
+    script = REPO / "benchmarks" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    assert "benchmarks/bench_precision.py" in script.read_text()
