@@ -286,6 +286,36 @@ def test_ctrl_c_inside_a_step_saves_a_consistent_checkpoint(tmp_path, trees, mon
     assert metrics_of(resumed) == metrics_of(full)
 
 
+def test_second_ctrl_c_stops_at_once_and_saves_nothing(tmp_path, trees, monkeypatch):
+    """Two Ctrl-C inside step 5 (after its update, before the counter moves): the second stops
+    at once, and the checkpoint kept is an earlier, consistent one (step 3), not the weights
+    of 5 updates under step 4."""
+    from ddc.config import from_dict
+    from ddc.train import RunInterrupted, loop, train_and_evaluate
+
+    cfg = from_dict(tiny_config(*trees, train={"checkpoint_every": 3}))
+
+    class TwiceSignalledStep(loop.TrainStep):
+        calls = 0
+
+        def __call__(self, *args):
+            out = super().__call__(*args)
+            TwiceSignalledStep.calls += 1
+            if TwiceSignalledStep.calls == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+    monkeypatch.setattr(loop, "TrainStep", TwiceSignalledStep)
+    try:
+        with pytest.raises(RunInterrupted, match=r"stopped at once during step 5; nothing saved "
+                                                 r"now; the latest checkpoint is .*ckpt-3"):
+            train_and_evaluate(cfg, tmp_path / "run")
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as KeyboardInterrupt")
+    assert latest_step(tmp_path / "run") == 3
+
+
 def test_ctrl_c_before_training_exits_130_without_traceback(tmp_path, trees, monkeypatch, capsys):
     from ddc.cli import train_main
     from ddc.train import loop

@@ -265,7 +265,9 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
     try:
         while step < t.steps:
             if stop.raised:
-                raise KeyboardInterrupt
+                stage.manager.save(checkpoint_number=step)  # between steps: consistent
+                raise RunInterrupted(f"interrupted at step {step}; checkpoint saved in "
+                                     f"{workdir / 'checkpoints'}; run the same command to resume")
             if head_only and step >= t.head_only_steps:
                 head_only = False
                 stage.manager.save(checkpoint_number=step)
@@ -317,9 +319,12 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
             if step % t.checkpoint_every == 0 or step == t.steps:
                 stage.manager.save(checkpoint_number=step)
     except KeyboardInterrupt:
-        stage.manager.save(checkpoint_number=step)
-        raise RunInterrupted(f"interrupted at step {step}; checkpoint saved in "
-                             f"{workdir / 'checkpoints'}; run the same command to resume") from None
+        # a second Ctrl-C (or one outside the main thread's handler), possibly inside a step:
+        # the weights may be ahead of the step counter, so nothing is saved now
+        latest = stage.manager.latest_checkpoint
+        raise RunInterrupted(f"stopped at once during step {step + 1}; nothing saved now; the "
+                             f"latest checkpoint is {latest or 'none'}; run the same command to "
+                             "resume from it") from None
     finally:
         stop.restore()
         pbar.close()

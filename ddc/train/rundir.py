@@ -119,3 +119,6 @@ def setup_logging(workdir: Path | None) -> None:
         h.setFormatter(fmt)
         root.addHandler(h)
     root.setLevel(logging.INFO)
+    # TensorFlow's absl logger reports at INFO through the root logger ("Sharding callback
+    # duration: ..." at every tf.data iterator): keep its warnings only.
+    logging.getLogger("absl").setLevel(logging.WARNING)
