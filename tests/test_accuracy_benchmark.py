@@ -28,7 +28,9 @@ def test_grid_covers_tasks_methods_and_variants():
     cells = accuracy.build_grid(quick=False, only=None, extra=[])
     ids = {c.id for c in cells}
     # DDC also at λ = 1 on SIRI-WHU/AID with the frozen backbone
-    assert len(ids) == len(cells) == 5 + 2 * (5 + 4) + 2 * 5
+    assert len(ids) == len(cells) == 5 + 2 + 2 * (5 + 4) + 2 * 5
+    assert {"usps_mnist/3000_steps/source_only", "usps_mnist/3000_steps/ddc_gauss_biased"} < ids
+    assert "usps_mnist/3000_steps/ddc_gauss_linear" not in ids
     assert "siri_whu_aid/frozen/ddc_gauss_biased_lam1" in ids
     assert "siri_whu_aid/last_blocks/ddc_gauss_biased_lam1" not in ids
     assert {"usps_mnist/source_only", "siri_whu_aid/frozen/ddc_gauss_unbiased",
