@@ -321,7 +321,12 @@ def test_ctrl_c_before_training_exits_130_without_traceback(tmp_path, trees, mon
     from ddc.train import loop
 
     def interrupted(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C while the images are being decoded
+        # Ctrl-C while the images are being decoded. raise_signal delivers it to this (the main)
+        # thread; os.kill could land on a TensorFlow thread and be handled only later. The sleep
+        # is where a long decode would be when the KeyboardInterrupt arrives.
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(30)
+        raise AssertionError("SIGINT did not interrupt prepare_data within 30 s")
 
     monkeypatch.setattr(loop, "prepare_data", interrupted)
     config = write_config(tmp_path / "c.json", tiny_config(*trees))
