@@ -9,6 +9,12 @@ Resumable: a run whose directory already holds ``results.json`` for the same con
 back, not rerun. The run directory's name carries a hash of the config, so a changed config
 (``--steps``, a new default) gets a new directory instead of clashing with the old one.
 
+``--reuse FILE`` reads cells back from an earlier ``results.json`` (this script's output) when
+their resolved config and seeds are identical: a grid grown by new cells can be reported whole
+without rerunning the cells whose run directories are gone. The report marks each such cell and
+names the file; run directories under ``--runs`` win over it. Leave ``--reuse`` out to rerun
+everything.
+
 Hyperparameters are fixed in advance (the papers' defaults or the shipped configs); target labels
 are read only for the final report (``target_acc`` of the final step, and the target accuracy at
 the step of best source validation accuracy, a step chosen without target labels).
@@ -82,10 +88,13 @@ METHODS = [
 ]
 
 # MobileNetV2 in mode "features": "frozen" trains only the head on the cached pooled features;
-# "last_blocks" caches the output of block_15_add and trains block_16, Conv_1 and the head,
-# the backbone part at 0.1 x the learning rate (the base configs set train.backbone_lr_mult).
+# "frozen_224" is the same at the backbone's native 224 px instead of 128 (better features for
+# ~3x the one-off extraction); "last_blocks" caches the output of block_15_add and trains
+# block_16, Conv_1 and the head, the backbone part at 0.1 x the learning rate (the base configs
+# set train.backbone_lr_mult).
 MOBILENET_VARIANTS = {
     "frozen": ["model.freeze.mode=\"backbone\""],
+    "frozen_224": ["model.freeze.mode=\"backbone\"", "data.image_size=224"],
     "last_blocks": ["model.freeze.mode=\"until\"", "model.freeze.layer=\"block_15_add\""],
 }
 
@@ -100,12 +109,20 @@ TASKS = [
                                  "train.checkpoint_every=3000"]},
          bar="DDC >= 0.90 and DDC > source only", min_ddc_acc=0.90,
          variant_methods={"3000_steps": ("source_only", "ddc_gauss_biased")}),
-    Task("siri_whu_aid", "SIRI-WHU -> AID (11 shared classes, MobileNetV2, 128 px)",
+    Task("siri_whu_aid", "SIRI-WHU -> AID (11 shared classes, MobileNetV2, 128 px; frozen also "
+         "at 224 px)",
          "configs/grid/siri_whu_aid.json", [], MOBILENET_VARIANTS,
-         bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0,)),
-    Task("aid_siri_whu", "AID -> SIRI-WHU (11 shared classes, MobileNetV2, 128 px)",
-         "configs/grid/aid_siri_whu.json", [], MOBILENET_VARIANTS,
-         bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0,)),
+         bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0, 4.0, 16.0),
+         extra_lambda_variants=("frozen", "frozen_224")),
+    # AID as the source is imbalanced (the merged residential class is 22% of it, against 9% of
+    # SIRI-WHU): "frozen_balanced" draws its batches class-balanced (data.balance_source)
+    Task("aid_siri_whu", "AID -> SIRI-WHU (11 shared classes, MobileNetV2, 128 px; frozen also "
+         "at 224 px and with class-balanced source batches)",
+         "configs/grid/aid_siri_whu.json", [],
+         {**MOBILENET_VARIANTS,
+          "frozen_balanced": MOBILENET_VARIANTS["frozen"] + ["data.balance_source=true"]},
+         bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0, 4.0, 16.0),
+         extra_lambda_variants=("frozen", "frozen_224", "frozen_balanced")),
 ]
 TASKS_BY_NAME = {t.name: t for t in TASKS}
 
@@ -155,9 +172,10 @@ HYPERPARAMETER_RULE = (
     "`configs/siri_whu.json` optimisation (SGD, momentum 0.9, lr 0.01 with the inv schedule, "
     "batch 32+32, 1000 steps, backbone lr x0.1); USPS -> MNIST uses the shipped "
     "`configs/usps_mnist.json` (λ = 1, Adam lr 5e-4, batch 64+64, width 256), 1000 steps for "
-    "every method and the config's 3000 for source only and the default DDC (CPU budget). On SIRI-WHU/AID "
-    "each DDC method with the frozen backbone is also run at λ = 1 (the DAN default), and one λ per method is then chosen "
-    "by source validation accuracy alone (rule below). Target labels are used only to compute "
+    "every method and the config's 3000 for source only and the default DDC (CPU budget). On "
+    "SIRI-WHU/AID each DDC method with the frozen backbone (128 and 224 px, and with AID "
+    "class-balanced) is also run at λ = 1 (the DAN default), 4 and 16, and one λ per method is "
+    "then chosen by source validation accuracy alone (rule below). Target labels are used only to compute "
     "the reported target metrics: `target acc` is the final step's; `target acc @ best src val` "
     "is the target accuracy at the evaluation step with the best source validation accuracy (a "
     "step chosen without target labels).")
@@ -294,6 +312,33 @@ def config_hash(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def normalised(config: dict) -> dict | None:
+    """``config`` as the current code resolves it: keys added to the library after it was written
+    take their defaults, so a run made before a new (default-valued) key existed still matches."""
+    from ddc.config import ConfigError, from_dict
+    try:
+        return json.loads(json.dumps(from_dict(config).to_dict()))
+    except (ConfigError, TypeError, ValueError):
+        return None
+
+
+def finished_run(cell_dir: Path, seed: int, config: dict) -> tuple[dict, dict, Path] | None:
+    """``(results, meta, run directory)`` of a finished run of ``config`` under ``cell_dir``."""
+    want = normalised(config)
+    for workdir in sorted(cell_dir.glob(f"seed{seed}-*")):
+        paths = [workdir / n for n in ("config.json", "results.json", "accuracy_benchmark.json")]
+        if all(p.exists() for p in paths) and normalised(json.loads(paths[0].read_text())) == want:
+            return json.loads(paths[1].read_text()), json.loads(paths[2].read_text()), workdir
+    return None
+
+
+def has_finished_runs(cell: Cell, seeds: list[int], runs: Path) -> bool:
+    from ddc.config import load
+    return all(finished_run(runs / cell.id, seed,
+                            load(REPO / cell.task.base, cell.overrides(seed)).to_dict()) is not None
+               for seed in seeds)
+
+
 def run_cell_seed(cell: Cell, seed: int, runs: Path, data_root: Path, weights_root: Path) -> dict:
     """Trains one seed of ``cell`` (or reads back a finished run of the same config).
 
@@ -310,12 +355,9 @@ def run_cell_seed(cell: Cell, seed: int, runs: Path, data_root: Path, weights_ro
     cfg = load(REPO / cell.task.base, overrides)
     config = cfg.to_dict()
     workdir = runs / cell.id / f"seed{seed}-{config_hash(config)}"
-    results_path, meta_path = workdir / "results.json", workdir / "accuracy_benchmark.json"
-    same = (workdir / "config.json").exists() and \
-        json.loads((workdir / "config.json").read_text()) == json.loads(json.dumps(config))
-    if same and results_path.exists() and meta_path.exists():
-        res = json.loads(results_path.read_text())
-        meta = json.loads(meta_path.read_text())
+    finished = finished_run(runs / cell.id, seed, config)
+    if finished is not None:
+        res, meta, workdir = finished
         resumed = True
     else:
         t0 = time.time()
@@ -327,6 +369,34 @@ def run_cell_seed(cell: Cell, seed: int, runs: Path, data_root: Path, weights_ro
         resumed = False
     return {**res, "run_dir": str(workdir), "overrides": overrides, "config": config,
             "resumed": resumed, "total_wall_s": meta["total_wall_s"]}
+
+
+def load_reusable(path: str | None) -> tuple[dict, str]:
+    """The cell summaries of an earlier ``results.json`` (by cell id) and where they came from."""
+    if not path:
+        return {}, ""
+    try:
+        data = json.loads(Path(path).read_text())
+        cells = {s["id"]: s for s in data["cells"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--reuse {path}: not a results file of this script ({e})") from e
+    machine = str(data.get("machine", "unknown machine")).split(";")[0]
+    return cells, f"{path} of {data.get('date', 'unknown date')} ({machine})"
+
+
+def reused_summary(cell: Cell, seeds: list[int], reusable: dict, origin: str) -> dict | None:
+    """An earlier summary of ``cell`` if it ran with the same seeds and the same resolved config
+    (compared on seed 0's, which differs from the other seeds' only in ``seed`` and ``name``;
+    both ``normalised``)."""
+    from ddc.config import load
+
+    prior = reusable.get(cell.id)
+    if prior is None or prior.get("seeds") != seeds:
+        return None
+    config = normalised(load(REPO / cell.task.base, cell.overrides(seeds[0])).to_dict())
+    if normalised(prior.get("config_seed0") or {}) != config:
+        return None
+    return {**prior, "config_seed0": config, "reused_from": prior.get("reused_from") or origin}
 
 
 # ----------------------------------------------------------------------------- summarising
@@ -464,7 +534,7 @@ def render(summaries: list[dict], checks: list[dict], command: str, machine: str
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         base = {s["variant"]: s for s in rows if s["method"] == "source_only"}
         for s in rows:
-            title = method_title(s["task"], s["method"])
+            title = method_title(s["task"], s["method"]) + (" †" if s.get("reused_from") else "")
             ref = base.get(s["variant"])
             delta = ("" if s["method"] == "source_only" or ref is None
                      else f"{100 * (s['target_acc'] - ref['target_acc']):+.1f}")
@@ -539,6 +609,9 @@ def parse_args(argv):
                    "quick: <runs>/RESULTS.md)")
     p.add_argument("--json", default=None, help="machine-readable results (default "
                    "docs/results.json; quick: <runs>/results.json)")
+    p.add_argument("--reuse", default=None, metavar="RESULTS_JSON",
+                   help="read cells back from an earlier results.json where their resolved "
+                   "config and seeds are identical (marked † in the report)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's header "
                    "(for example what a reduced grid left out)")
     p.add_argument("--no-feature-memo", action="store_true",
@@ -611,39 +684,61 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command, memo) -> str:
     t_start = time.time()
     summaries = []
     total = len(cells) * len(seeds)
+    reusable, origin = load_reusable(args.reuse)
+    text = ""
     for i, cell in enumerate(cells):
-        results = []
-        for j, seed in enumerate(seeds):
-            k = i * len(seeds) + j + 1
-            print(f"[accuracy {k}/{total}, {time.time() - t_start:.0f} s] {cell.id} seed {seed}",
+        # this invocation's own finished runs win over --reuse
+        prior = (None if has_finished_runs(cell, seeds, runs)
+                 else reused_summary(cell, seeds, reusable, origin))
+        if prior is not None:
+            print(f"[accuracy {i * len(seeds) + 1}/{total}] {cell.id}: read back from {origin}",
                   file=sys.stderr, flush=True)
-            results.append(run_cell_seed(cell, seed, runs, Path(args.data_root),
-                                         Path(args.weights_root)))
-        summaries.append(summarize(cell, results))
+            summaries.append(prior)
+        else:
+            results = []
+            for j, seed in enumerate(seeds):
+                k = i * len(seeds) + j + 1
+                print(f"[accuracy {k}/{total}, {time.time() - t_start:.0f} s] {cell.id} seed "
+                      f"{seed}", file=sys.stderr, flush=True)
+                results.append(run_cell_seed(cell, seed, runs, Path(args.data_root),
+                                             Path(args.weights_root)))
+            summaries.append(summarize(cell, results))
         # written after every cell, so a long grid's partial results can be read (and resumed)
-        checks = check_bars(summaries)
-        date = time.strftime("%Y-%m-%d %H:%M %Z")
-        notes = reductions(cells, summaries, seeds, args.quick) + list(args.note) + [
-            f"{len(summaries)} of {len(cells)} cells done; {time.time() - t_start:.0f} s in "
-            "this invocation (runs read back from earlier invocations cost ~0 s)"]
-        if not args.no_feature_memo:
-            notes.append(
-                "mode \"features\" runs share one in-process memo of the frozen part's output "
-                "per image (`FeatureMemo` in the script: the same frozen weights and the same "
-                "image give the same features, so only the first run extracts them; "
-                f"{memo.misses} images extracted, {memo.hits} reused in this invocation). "
-                "`setup s` of a run that reused them is small; the first run of a backbone "
-                "variant pays the extraction.")
-        selected = select_lambdas(summaries)
-        text = render(summaries, checks, command, _machine(), date, notes, selected)
-        out_md.parent.mkdir(parents=True, exist_ok=True)
-        out_md.write_text(text)
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps({"command": command, "date": date, "machine": _machine(),
-                                        "hyperparameter_rule": HYPERPARAMETER_RULE,
-                                        "seeds": seeds, "cells": summaries, "bars": checks,
-                                        "lambda_by_source_val": selected},
-                                       indent=1))
+        text = _write_report(args, cells, seeds, summaries, out_md, out_json, command, memo,
+                             time.time() - t_start)
+    return text
+
+
+def _write_report(args, cells, seeds, summaries, out_md, out_json, command, memo,
+                  elapsed: float) -> str:
+    checks = check_bars(summaries)
+    date = time.strftime("%Y-%m-%d %H:%M %Z")
+    notes = reductions(cells, summaries, seeds, args.quick) + list(args.note)
+    origins = sorted({s["reused_from"] for s in summaries if s.get("reused_from")})
+    if origins:
+        n = sum(bool(s.get("reused_from")) for s in summaries)
+        notes.append(f"† {n} cells read back from {'; '.join(origins)} (`--reuse`: that run's "
+                     "summaries, with the identical resolved config and seeds; their run "
+                     "directories are not kept). Leave `--reuse` out to rerun them.")
+    notes.append(f"{len(summaries)} of {len(cells)} cells done; {elapsed:.0f} s in this "
+                 "invocation (runs read back from earlier invocations cost ~0 s)")
+    if not args.no_feature_memo:
+        notes.append(
+            "mode \"features\" runs share one in-process memo of the frozen part's output "
+            "per image (`FeatureMemo` in the script: the same frozen weights and the same "
+            "image give the same features, so only the first run extracts them; "
+            f"{memo.misses} images extracted, {memo.hits} reused in this invocation). "
+            "`setup s` of a run that reused them is small; the first run of a backbone "
+            "variant pays the extraction.")
+    selected = select_lambdas(summaries)
+    text = render(summaries, checks, command, _machine(), date, notes, selected)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(text)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps({"command": command, "date": date, "machine": _machine(),
+                                    "hyperparameter_rule": HYPERPARAMETER_RULE,
+                                    "seeds": seeds, "cells": summaries, "bars": checks,
+                                    "lambda_by_source_val": selected}, indent=1))
     return text
 
 

@@ -149,19 +149,23 @@ def alternate(blocks: dict[str, Callable[[], float]], repeats: int,
 
     Args:
         blocks: name -> callable that runs one timed block and returns its seconds.
-        repeats: rounds; in each, the blocks run in the order given (A, B, A, B, ...).
-        warmup: untimed rounds first (tracing, compilation, caches).
+        repeats: rounds; round ``r`` runs the blocks in the order given, rotated by ``r``
+            (A, B, C; B, C, A; C, A, B; ...), so that no block always runs first (right after
+            the other blocks' Python garbage, or a pause) or last.
+        warmup: untimed rounds first (tracing, compilation, caches), in the order given.
 
     Returns:
-        name -> list of ``repeats`` seconds.
+        name -> list of ``repeats`` seconds, in round order.
     """
     for _ in range(warmup):
         for fn in blocks.values():
             fn()
-    out: dict[str, list[float]] = {name: [] for name in blocks}
-    for _ in range(repeats):
-        for name, fn in blocks.items():
-            out[name].append(fn())
+    names = list(blocks)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(blocks[name]())
     return out
 
 

@@ -54,6 +54,7 @@ class DataConfig:
     cache: str = "memory"          # "memory" or "disk" (decoded, resized uint8 arrays)
     cache_dir: Optional[str] = None
     augment: bool = False          # random horizontal and vertical flips of training images
+    balance_source: bool = False   # source batches draw each class equally often (source labels only)
     skip_bad_files: bool = False   # skip unreadable images (each named in the log) instead of failing
     decode_workers: int = 8
 

@@ -27,11 +27,17 @@ def _rows(text: str) -> dict:
 def test_grid_covers_tasks_methods_and_variants():
     cells = accuracy.build_grid(quick=False, only=None, extra=[])
     ids = {c.id for c in cells}
-    # DDC also at λ = 1 on SIRI-WHU/AID with the frozen backbone
-    assert len(ids) == len(cells) == 5 + 2 + 2 * (5 + 4) + 2 * 5
+    # DDC also at λ = 1, 4 and 16 on SIRI-WHU/AID with the frozen backbone, at 128 and 224 px,
+    # and (AID -> SIRI-WHU only) with class-balanced source batches
+    assert len(ids) == len(cells) == 5 + 2 + 2 * 2 * (5 + 3 * 4) + 2 * 5 + (5 + 3 * 4)
+    assert "aid_siri_whu/frozen_balanced/ddc_gauss_unbiased_lam16" in ids
+    assert not any(i.startswith("siri_whu_aid/frozen_balanced") for i in ids)
     assert {"usps_mnist/3000_steps/source_only", "usps_mnist/3000_steps/ddc_gauss_biased"} < ids
     assert "usps_mnist/3000_steps/ddc_gauss_linear" not in ids
-    assert "siri_whu_aid/frozen/ddc_gauss_biased_lam1" in ids
+    assert {"siri_whu_aid/frozen/ddc_gauss_biased_lam1", "aid_siri_whu/frozen/ddc_gauss_linear_lam4",
+            "siri_whu_aid/frozen_224/source_only", "aid_siri_whu/frozen_224/ddc_linear_kernel_lam4"} <= ids
+    c224 = next(c for c in cells if c.id == "siri_whu_aid/frozen_224/ddc_gauss_biased_lam4")
+    assert {"data.image_size=224", "mmd.weight=4.0"} <= set(c224.overrides(0))
     assert "siri_whu_aid/last_blocks/ddc_gauss_biased_lam1" not in ids
     assert {"usps_mnist/source_only", "siri_whu_aid/frozen/ddc_gauss_unbiased",
             "aid_siri_whu/last_blocks/ddc_linear_kernel"} <= ids
@@ -89,12 +95,16 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
         if family.startswith("ddc_gauss_"):
             assert (cfg.mmd.kernel, cfg.mmd.estimator) == ("gaussian", family[10:])
         if cell.method.lam is not None:
-            assert cell.method.name.endswith("_lam1") and cfg.mmd.weight == 1.0
+            assert cell.method.name.endswith(f"_lam{cell.method.lam:g}")
+            assert cfg.mmd.weight == cell.method.lam in (1.0, 4.0, 16.0)
         if cell.task.name != "usps_mnist":
             assert cfg.mode == "features" and not cfg.data.augment and cfg.data.cache == "disk"
-            assert cfg.mmd.weight in (0, 0.25, 1.0) and cfg.model.adapt_width == 256
-            want = {"frozen": ("backbone", None), "last_blocks": ("until", "block_15_add")}
+            assert cfg.mmd.weight in (0, 0.25, 1.0, 4.0, 16.0) and cfg.model.adapt_width == 256
+            want = {"frozen": ("backbone", None), "frozen_224": ("backbone", None),
+                    "frozen_balanced": ("backbone", None), "last_blocks": ("until", "block_15_add")}
             assert (cfg.model.freeze.mode, cfg.model.freeze.layer) == want[cell.variant]
+            assert cfg.data.balance_source == (cell.variant == "frozen_balanced")
+            assert cfg.data.image_size == (224 if cell.variant == "frozen_224" else 128)
     aid = load(accuracy.REPO / "configs/grid/aid_siri_whu.json")
     assert aid.data.source.root == "aid" and aid.data.target.root == "siri_whu"
     assert aid.data.source.class_map["SparseResidential"] == "residential"
@@ -162,3 +172,40 @@ def test_smallest_cell_end_to_end_writes_the_row_and_resumes(tmp_path):
     again = json.loads((tmp_path / "runs" / "results.json").read_text())["cells"][0]
     assert again["run_dirs"] == [run_dir] and again["target_acc"] == cell["target_acc"]
     assert again["total_wall_s"] == cell["total_wall_s"]
+    # --reuse: a new runs folder, the cell read back from the earlier results.json unrun...
+    first = tmp_path / "first.json"
+    first.write_text((tmp_path / "runs" / "results.json").read_text())
+    fresh = args[:args.index("--runs")] + ["--runs", str(tmp_path / "fresh"), "--reuse", str(first)]
+    md = accuracy.main(fresh)
+    reused = json.loads((tmp_path / "fresh" / "results.json").read_text())["cells"][0]
+    assert not (tmp_path / "fresh" / "usps_mnist").exists()
+    assert reused["target_acc"] == cell["target_acc"] and str(first) in reused["reused_from"]
+    assert _rows(md)["usps_mnist/source_only"][1].endswith("†") and "read back from" in md
+    # ... but not when the config differs (here the number of steps)
+    changed = [a if a != "5" else "6" for a in fresh]
+    md = accuracy.main(changed)
+    rerun = json.loads((tmp_path / "fresh" / "results.json").read_text())["cells"][0]
+    assert rerun["steps"] == [6] and "reused_from" not in rerun
+    assert (tmp_path / "fresh" / "usps_mnist").exists() and "†" not in md
+    # finished run directories win over --reuse (a doctored copy of that cell is ignored)
+    doctored = json.loads((tmp_path / "fresh" / "results.json").read_text())
+    doctored["cells"][0]["target_acc"] = -1.0
+    (tmp_path / "doctored.json").write_text(json.dumps(doctored))
+    accuracy.main(changed[:-1] + [str(tmp_path / "doctored.json")])
+    again = json.loads((tmp_path / "fresh" / "results.json").read_text())["cells"][0]
+    assert again["target_acc"] == rerun["target_acc"] and "reused_from" not in again
+    # a results file written before a config key existed matches with that key at its default
+    legacy = json.loads(first.read_text())
+    del legacy["cells"][0]["config_seed0"]["data"]["balance_source"]
+    (tmp_path / "legacy.json").write_text(json.dumps(legacy))
+    accuracy.main(fresh[:-1] + [str(tmp_path / "legacy.json")])
+    old = json.loads((tmp_path / "fresh" / "results.json").read_text())["cells"][0]
+    assert "legacy.json" in old["reused_from"] and old["target_acc"] == cell["target_acc"]
+    assert old["config_seed0"]["data"]["balance_source"] is False
+
+
+def test_reuse_rejects_a_file_that_is_not_a_results_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"cells": 3}')
+    with pytest.raises(SystemExit, match="bad.json"):
+        accuracy.load_reusable(str(bad))

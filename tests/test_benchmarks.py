@@ -43,9 +43,12 @@ def test_common_helpers():
                                  + common.table(["c"], [[5]]))
     assert tables == [[{"a": "1", "b": "2"}, {"a": "3", "b": "4"}], [{"c": "5"}]]
     calls = []
-    times = common.alternate({"A": lambda: calls.append("A") or 1.0,
-                              "B": lambda: calls.append("B") or 2.0}, repeats=2, warmup=1)
-    assert calls == ["A", "B"] * 3 and times == {"A": [1.0, 1.0], "B": [2.0, 2.0]}
+    times = common.alternate({n: (lambda n=n, t=t: calls.append(n) or t)
+                              for n, t in (("A", 1.0), ("B", 2.0), ("C", 3.0))},
+                             repeats=4, warmup=1)
+    # warm-up in order, then each round rotated by one: nobody always runs first
+    assert "".join(calls) == "ABC" + "ABC" + "BCA" + "CAB" + "ABC"
+    assert times == {"A": [1.0] * 4, "B": [2.0] * 4, "C": [3.0] * 4}
 
 
 def test_bench_mmd_smallest():

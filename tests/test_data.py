@@ -117,6 +117,48 @@ def test_sampler_epochs_cover_everything_once():
         BatchSampler(2, 3, 0, 0)
 
 
+def test_balanced_sampler_draws_each_class_equally_often():
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    s = BatchSampler(100, 10, seed=3, stream=0, balance_labels=labels)
+    drawn = np.concatenate([s.indices(i) for i in range(600)])  # 60 epochs, 6000 draws
+    freq = np.bincount(labels[drawn], minlength=3) / len(drawn)
+    # each class 1/3 in expectation; binomial std sqrt(p(1-p)/6000) ~ 0.006
+    np.testing.assert_allclose(freq, [1 / 3] * 3, atol=0.03)
+    # within a class, items equally likely (the 90 of class 0: 2000 draws, ~22 each)
+    per_item = np.bincount(drawn[labels[drawn] == 0], minlength=90)[:90]
+    assert per_item.min() > 0 and per_item.max() < 3 * per_item.mean()
+    # a function of (seed, step): a fresh sampler repeats it; another seed does not
+    again = BatchSampler(100, 10, seed=3, stream=0, balance_labels=labels)
+    np.testing.assert_array_equal(again.indices(123), s.indices(123))
+    other = BatchSampler(100, 10, seed=4, stream=0, balance_labels=labels)
+    assert not np.array_equal(other.indices(123), s.indices(123))
+    # uniform sampling of the same labels keeps class 0's share
+    plain = BatchSampler(100, 10, seed=3, stream=0)
+    assert np.mean(labels[np.concatenate([plain.indices(i) for i in range(100)])] == 0) == \
+        pytest.approx(0.9, abs=0.02)
+    with pytest.raises(ValueError, match="expected 100 labels"):
+        BatchSampler(100, 10, 0, 0, balance_labels=labels[:50])
+
+
+def test_balance_source_balances_the_source_stream_only():
+    rng = np.random.default_rng(0)
+    xs = rng.integers(0, 255, (40, 2, 2, 3), dtype=np.uint8)
+    ys = np.array([0] * 36 + [1] * 4, dtype=np.int32)
+    xt = rng.integers(0, 255, (40, 2, 2, 3), dtype=np.uint8)
+    kw = dict(batch_size=8, seed=1, augment=False)
+    bal = list(train_dataset(xs, ys, xt, balance_source=True, **kw).take(100))
+    plain = list(train_dataset(xs, ys, xt, **kw).take(100))
+    share = np.mean(np.concatenate([b[1].numpy() for b in bal]) == 1)
+    assert share == pytest.approx(0.5, abs=0.06)
+    assert np.mean(np.concatenate([b[1].numpy() for b in plain]) == 1) == pytest.approx(0.1, abs=0.01)
+    # the labels still belong to their images, and the target stream is untouched
+    for x, y, _ in bal[:5]:
+        idx = [np.flatnonzero((xs == xi).all(axis=(1, 2, 3)))[0] for xi in x.numpy()]
+        np.testing.assert_array_equal(ys[idx], y.numpy())
+    for (_, _, tb), (_, _, tp) in zip(bal[:5], plain[:5]):
+        np.testing.assert_array_equal(tb.numpy(), tp.numpy())
+
+
 def test_train_stream_is_a_function_of_seed_and_step():
     rng = np.random.default_rng(0)
     xs = rng.integers(0, 255, (11, 4, 4, 3), dtype=np.uint8)

@@ -21,17 +21,34 @@ SOURCE_STREAM, TARGET_STREAM = 0, 1
 
 
 class BatchSampler:
-    """Batch ``step`` of an epoch-shuffled, repeated, drop-remainder stream over ``n`` items."""
+    """Batch ``step`` of an epoch-shuffled, repeated, drop-remainder stream over ``n`` items.
 
-    def __init__(self, n: int, batch_size: int, seed: int, stream: int):
+    With ``balance_labels`` (one label per item), an epoch is instead ``n`` draws with
+    replacement, each item drawn with probability proportional to one over the size of its
+    class: every class is drawn equally often in expectation, whatever the class sizes.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, stream: int,
+                 balance_labels: np.ndarray | None = None):
         if n < batch_size:
             raise ValueError(f"{n} items cannot fill one batch of {batch_size}")
         self.n, self.batch_size, self.seed, self.stream = n, batch_size, seed, stream
         self.steps_per_epoch = n // batch_size
+        self.p = None
+        if balance_labels is not None:
+            labels = np.asarray(balance_labels)
+            if labels.shape != (n,):
+                raise ValueError(f"balance_labels: expected {n} labels, got shape {labels.shape}")
+            _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+            weights = 1.0 / counts[inverse]
+            self.p = weights / weights.sum()
 
     @functools.lru_cache(maxsize=2)
     def _perm(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.stream, epoch]).permutation(self.n)
+        rng = np.random.default_rng([self.seed, self.stream, epoch])
+        if self.p is not None:
+            return rng.choice(self.n, size=self.n, replace=True, p=self.p)
+        return rng.permutation(self.n)
 
     def indices(self, step: int) -> np.ndarray:
         epoch, pos = divmod(int(step), self.steps_per_epoch)
@@ -76,7 +93,8 @@ def _stream(images: np.ndarray, labels: np.ndarray | None, sampler: BatchSampler
 
 def train_dataset(source_images, source_labels, target_images, *, batch_size: int, seed: int,
                   augment: bool, start_step: int = 0, use_target: bool = True,
-                  shards: tuple[int, int, int] = (1, 0, 1)) -> tf.data.Dataset:
+                  shards: tuple[int, int, int] = (1, 0, 1),
+                  balance_source: bool = False) -> tf.data.Dataset:
     """Zipped infinite stream of ``(x_s [B,H,W,C], labels_s int32 [B], x_t [B,H,W,C])``.
 
     Images are uint8 (or float32 cached features [B, F] in feature-extractor mode).
@@ -84,13 +102,15 @@ def train_dataset(source_images, source_labels, target_images, *, batch_size: in
     target element is an empty [0, H, W, C] batch so the step signature stays the same.
     ``shards = (replicas, first replica of this input pipeline, replicas it feeds)`` splits each
     global batch of ``batch_size`` into per-replica slices (``tf.distribute``); the union of the
-    slices of one step is exactly the one-replica batch of that step.
+    slices of one step is exactly the one-replica batch of that step. ``balance_source``
+    draws source batches class-balanced (``BatchSampler``'s ``balance_labels``).
     """
     replicas = shards[0]
     if batch_size % replicas:
         raise ValueError(f"batch size {batch_size} is not a multiple of {replicas} replicas")
     src = _stream(source_images, source_labels,
-                  BatchSampler(len(source_images), batch_size, seed, SOURCE_STREAM), augment,
+                  BatchSampler(len(source_images), batch_size, seed, SOURCE_STREAM,
+                               source_labels if balance_source else None), augment,
                   start_step, shards)
     if use_target:
         tgt = _stream(target_images, None,

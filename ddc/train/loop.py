@@ -254,7 +254,7 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
                             run.data.source_train.labels, run.arrays["target"],
                             batch_size=t.batch_size, seed=cfg.seed,
                             augment=cfg.data.augment and not run.features_mode, start_step=start,
-                            use_target=run.use_target)
+                            use_target=run.use_target, balance_source=cfg.data.balance_source)
     batches = iter(ds)
     per_step = t.batch_size * (2 if run.use_target else 1)
     t_begin, last_report = time.time(), None

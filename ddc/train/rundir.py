@@ -122,3 +122,6 @@ def setup_logging(workdir: Path | None) -> None:
     # TensorFlow's absl logger reports at INFO through the root logger ("Sharding callback
     # duration: ..." at every tf.data iterator): keep its warnings only.
     logging.getLogger("absl").setLevel(logging.WARNING)
+    # TensorBoard's event reader (learning curves read back at the end of a run) says "No path
+    # found after <events file>" at INFO: not news to the user.
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
