@@ -191,3 +191,34 @@ def test_tfds_domain_under_mock_data(tmp_path):
     assert d.labels.min() >= 0 and d.labels.max() <= 9
     # grayscale repeated into three equal channels
     np.testing.assert_array_equal(d.images[..., 0], d.images[..., 2])
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_training_run_feeds_class_balanced_source_batches_when_asked(tmp_path, monkeypatch, balance):
+    """``data.balance_source`` reaches the training stream of a real run (not only the sampler)."""
+    import tensorflow as tf
+    from conftest import tiny_config
+    from ddc.config import from_dict
+    from ddc.train import loop, train_and_evaluate
+
+    src = make_tree(tmp_path / "src", classes=("a",), per_class=24, seed=1)
+    make_tree(src, classes=("b",), per_class=4, seed=3)
+    tgt = make_tree(tmp_path / "tgt", classes=("a", "b"), per_class=8, seed=2)
+    seen = []
+    real = loop.distributed_stream
+
+    def record(y):
+        seen.append(y.numpy())
+        return y
+
+    def recording(*args, **kw):  # the run's own stream, with each source label batch noted
+        return real(*args, **kw).map(
+            lambda xs, ys, xt: (xs, tf.py_function(record, [ys], tf.int32), xt))
+
+    monkeypatch.setattr(loop, "distributed_stream", recording)
+    cfg = tiny_config(src, tgt, steps=40, eval_every=40, checkpoint_every=40)
+    cfg["data"]["balance_source"] = balance
+    train_and_evaluate(from_dict(cfg), tmp_path / "run")
+    labels = np.concatenate(seen[:40])  # prefetching may run a few batches ahead
+    share_b = np.mean(labels == 1)  # classes sorted: a = 0, b = 1; b is 1/7 of the source
+    assert (share_b > 0.35) if balance else (share_b < 0.25)
