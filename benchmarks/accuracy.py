@@ -175,10 +175,10 @@ HYPERPARAMETER_RULE = (
     "every method and the config's 3000 for source only and the default DDC (CPU budget). On "
     "SIRI-WHU/AID each DDC method with the frozen backbone (128 and 224 px, and with AID "
     "class-balanced) is also run at λ = 1 (the DAN default), 4 and 16, and one λ per method is "
-    "then chosen by source validation accuracy alone (rule below). Target labels are used only to compute "
-    "the reported target metrics: `target acc` is the final step's; `target acc @ best src val` "
-    "is the target accuracy at the evaluation step with the best source validation accuracy (a "
-    "step chosen without target labels).")
+    "then chosen by source validation accuracy alone (rule below). Target labels are used only "
+    "to compute the reported target metrics: `target acc` is the final step's; "
+    "`target acc @ best src val` is the target accuracy at the evaluation step with the best "
+    "source validation accuracy (a step chosen without target labels).")
 
 
 @dataclass
@@ -325,6 +325,8 @@ def normalised(config: dict) -> dict | None:
 def finished_run(cell_dir: Path, seed: int, config: dict) -> tuple[dict, dict, Path] | None:
     """``(results, meta, run directory)`` of a finished run of ``config`` under ``cell_dir``."""
     want = normalised(config)
+    if want is None:
+        return None
     for workdir in sorted(cell_dir.glob(f"seed{seed}-*")):
         paths = [workdir / n for n in ("config.json", "results.json", "accuracy_benchmark.json")]
         if all(p.exists() for p in paths) and normalised(json.loads(paths[0].read_text())) == want:
@@ -394,7 +396,7 @@ def reused_summary(cell: Cell, seeds: list[int], reusable: dict, origin: str) ->
     if prior is None or prior.get("seeds") != seeds:
         return None
     config = normalised(load(REPO / cell.task.base, cell.overrides(seeds[0])).to_dict())
-    if normalised(prior.get("config_seed0") or {}) != config:
+    if config is None or normalised(prior.get("config_seed0") or {}) != config:
         return None
     return {**prior, "config_seed0": config, "reused_from": prior.get("reused_from") or origin}
 
