@@ -312,18 +312,10 @@ def config_hash(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def normalised(config: dict) -> dict | None:
-    """``config`` as the current code resolves it: keys added to the library after it was written
-    take their defaults, so a run made before a new (default-valued) key existed still matches."""
-    from ddc.config import ConfigError, from_dict
-    try:
-        return json.loads(json.dumps(from_dict(config).to_dict()))
-    except (ConfigError, TypeError, ValueError):
-        return None
-
-
 def finished_run(cell_dir: Path, seed: int, config: dict) -> tuple[dict, dict, Path] | None:
-    """``(results, meta, run directory)`` of a finished run of ``config`` under ``cell_dir``."""
+    """``(results, meta, run directory)`` of a finished run of ``config`` under ``cell_dir``
+    (configs compared ``normalised``: a run made before a new default-valued key still matches)."""
+    from ddc.config import normalised
     want = normalised(config)
     if want is None:
         return None
@@ -390,7 +382,7 @@ def reused_summary(cell: Cell, seeds: list[int], reusable: dict, origin: str) ->
     """An earlier summary of ``cell`` if it ran with the same seeds and the same resolved config
     (compared on seed 0's, which differs from the other seeds' only in ``seed`` and ``name``;
     both ``normalised``)."""
-    from ddc.config import load
+    from ddc.config import load, normalised
 
     prior = reusable.get(cell.id)
     if prior is None or prior.get("seeds") != seeds:
@@ -690,8 +682,8 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command, memo) -> str:
     text = ""
     for i, cell in enumerate(cells):
         # this invocation's own finished runs win over --reuse
-        prior = (None if has_finished_runs(cell, seeds, runs)
-                 else reused_summary(cell, seeds, reusable, origin))
+        prior = (reused_summary(cell, seeds, reusable, origin)
+                 if cell.id in reusable and not has_finished_runs(cell, seeds, runs) else None)
         if prior is not None:
             print(f"[accuracy {i * len(seeds) + 1}/{total}] {cell.id}: read back from {origin}",
                   file=sys.stderr, flush=True)

@@ -269,6 +269,16 @@ def from_dict(data: dict) -> Config:
     return validate(_from_dict(Config, data))
 
 
+def normalised(data: dict) -> dict | None:
+    """``data`` (a config dict, e.g. a run's ``config.json``) as this code resolves it, as plain
+    JSON: keys added to the library since it was written take their defaults, so two dicts of
+    the same run compare equal across such additions. None if it is not a valid config."""
+    try:
+        return json.loads(json.dumps(from_dict(data).to_dict()))
+    except (ConfigError, TypeError, ValueError):
+        return None
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Applies ``key.path=value`` overrides (value parsed as JSON, else taken as a string)."""
     data = json.loads(json.dumps(data))
