@@ -452,6 +452,21 @@ def test_cli_retry_after_a_failed_start_with_a_fixed_config(tmp_path, trees, cap
     assert code == 0, err[-2000:]
 
 
+def test_cli_resumes_a_run_written_before_a_config_key_existed(tmp_path, trees, capsys):
+    """A config.json without a key the library added later (at its default) is the same run."""
+    src, tgt = trees
+    cfg = tiny_config(src, tgt, train={"steps": 2})
+    code, err = train(tmp_path, capsys, cfg)
+    assert code == 0, err[-2000:]
+    path = tmp_path / "run" / "config.json"
+    stored = json.loads(path.read_text())
+    del stored["data"]["balance_source"]
+    path.write_text(json.dumps(stored))
+    code, err = train(tmp_path, capsys, cfg)  # the same run again: resumed, not refused
+    assert code == 0, err[-2000:]
+    assert "different config" not in err
+
+
 def test_cli_refuses_a_workdir_of_another_config(tmp_path, trees, capsys):
     src, tgt = trees
     code, err = train(tmp_path, capsys, tiny_config(src, tgt, train={"steps": 2}))

@@ -67,7 +67,9 @@ def prepare_workdir(workdir: Path, config: dict, restart: bool) -> bool:
     resume = False
     trained = (workdir / "results.json").exists() or _has_checkpoint(workdir / "checkpoints")
     if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
+        from ddc.config import normalised  # keys added since that run take their defaults
+        stored = json.loads(cfg_path.read_text())
+        old = normalised(stored) or stored
         if old != json.loads(json.dumps(config)) and trained:
             diff = sorted(k for k in _flatten(old).keys() | _flatten(config).keys()
                           if _flatten(old).get(k) != _flatten(config).get(k))
