@@ -237,10 +237,11 @@ class Run:
         return self.cfg.train.batch_size * (2 if self.use_target else 1)
 
 
-def build_net(cfg: ddc_config.Config, num_classes: int):
+def build_net(cfg: ddc_config.Config, num_classes: int, fused: bool = True):
     """(network with the config's freeze applied, optimizer over its trainable variables, step
-    counter, note), built as ``loop._Stage`` builds them. The global precision policy must
-    already be ``cfg.train.precision``."""
+    counter, note), built as ``loop._Stage`` builds them (``fused=False``: Keras's own optimizer
+    update instead of the fused kernels). The global precision policy must already be
+    ``cfg.train.precision``."""
     weights, note = resolve_weights_or_none(cfg)
     shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
     net = build_network(cfg.model, shape, num_classes, weights)
@@ -250,14 +251,14 @@ def build_net(cfg: ddc_config.Config, num_classes: int):
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     opt = make_optimizer(t, step_var, net.model.trainable_variables,
                          list(net.backbone.trainable_variables), mult,
-                         t.precision == "mixed_float16")
+                         t.precision == "mixed_float16", fused=fused)
     return net, opt, step_var, note
 
 
 def build_run(cfg: ddc_config.Config, num_classes: int, *, use_target: bool,
-              jit_compile: bool | None = None, step_cls=TrainStep) -> Run:
+              jit_compile: bool | None = None, step_cls=TrainStep, fused: bool = True) -> Run:
     """Network, freeze, optimizer and ``TrainStep`` (or ``step_cls``) as the loop builds them."""
-    net, opt, step_var, note = build_net(cfg, num_classes)
+    net, opt, step_var, note = build_net(cfg, num_classes, fused)
     jit = cfg.train.jit_compile if jit_compile is None else jit_compile
     step = step_cls(net.model, opt, cfg.mmd, use_target=use_target,
                     loss_scale=cfg.train.precision == "mixed_float16", jit_compile=jit)

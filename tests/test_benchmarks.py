@@ -7,7 +7,8 @@ import pytest
 
 from conftest import REPO, make_tree
 
-from benchmarks import bench_mmd, bench_pipeline, bench_precision, bench_step, common
+from benchmarks import (bench_mmd, bench_optimizer, bench_pipeline, bench_precision,
+                        bench_step, common)
 
 
 def _check_header(text: str, script: str):
@@ -76,6 +77,23 @@ def test_bench_step_smallest():
     ratios = _by_first_column(ratios)
     assert common.number(ratios["finetune: ours / fit (images/s)"]["mean ± std"]) > 0
     assert common.number(ratios["MMD share of the DDC step, isolated (%)"]["mean ± std"]) > 0
+
+
+def test_bench_optimizer_smallest():
+    text = bench_optimizer.main(["--config", "demo", "--set", "train.batch_size=4",
+                                 "--repeats", "1", "--block-s", "0.01"])
+    _check_header(text, "bench_optimizer")
+    speed, ratios = common.parse_tables(text)
+    speed = _by_first_column(speed)
+    assert set(speed) == {"apply, fused", "apply, Keras update_step", "DDC step, fused",
+                          "DDC step, Keras update_step"}
+    assert speed["apply, fused"]["calls per block"] == speed["apply, Keras update_step"][
+        "calls per block"]
+    assert all(common.number(r["ms per call mean ± std"]) > 0 for r in speed.values())
+    ratios = _by_first_column(ratios)
+    assert common.number(ratios["apply: Keras time / fused time"]["mean ± std"]) > 0
+    same = ratios["same update: max abs(w_fused - w_keras) / max abs(update), one step"]
+    assert float(same["mean ± std"]) < 1e-3  # the same update up to float32 rounding
 
 
 def test_bench_pipeline_smallest(tiny_jpeg_config):
