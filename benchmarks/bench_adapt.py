@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--steps", type=int, default=20, help="timed steps per block")
     p.add_argument("--acc-steps", type=int, default=300, help="training steps per accuracy run")
     p.add_argument("--seeds", type=int, default=3, help="accuracy runs per method (0: none)")
+    p.add_argument("--steps-per-call", type=int, default=10,
+                   help="also time ours with train.steps_per_call = N (1: not)")
     args = p.parse_args(argv)
     cfg = common.load_config(args.config, args.set)
     name = Path(args.config).stem
@@ -145,9 +147,17 @@ def main(argv: list[str] | None = None) -> str:
     if args.steps + 1 > per_epoch:
         print(f"note: --steps {args.steps} cut to {per_epoch - 1} (one ADAPT epoch per block)")
         args.steps = per_epoch - 1
+    if args.steps_per_call > 1 and args.steps % args.steps_per_call:
+        args.steps = max(args.steps_per_call, args.steps - args.steps % args.steps_per_call)
+        print(f"note: --steps set to {args.steps}, a multiple of --steps-per-call")
     keras.utils.set_random_seed(cfg.seed)
     ours = common.build_run(cfg, k, use_target=True)
     blocks = {"ours DDC (MMD)": common.step_block(ours, stream(cfg.seed), args.steps, lam)}
+    if args.steps_per_call > 1:
+        keras.utils.set_random_seed(cfg.seed)
+        multi = common.build_run(cfg, k, use_target=True)
+        blocks[f"ours DDC (MMD), {args.steps_per_call} steps per call"] = common.multi_step_block(
+            multi, stream(cfg.seed), args.steps, lam, args.steps_per_call)
     for kind in ("DeepCORAL", "DANN"):
         keras.utils.set_random_seed(cfg.seed)
         model, _, _ = adapt_model(kind, cfg, k, x_t)
@@ -160,12 +170,14 @@ def main(argv: list[str] | None = None) -> str:
         blocks[f"ADAPT {kind}"] = block
     times = common.alternate(blocks, args.repeats, warmup=1)
     ips = {n: [2 * b * args.steps / t for t in ts] for n, ts in times.items()}
-    ref = ips["ours DDC (MMD)"]
+    refs = [n for n in ips if n.startswith("ours")]  # ours, and ours with steps per call
     rows = []
     for n, v in ips.items():
-        r = common.ratios(ref, v)
-        rows.append([n, f"{common.Stats(v).median:.1f}", common.Stats(v).fmt(1),
-                     "1" if n.startswith("ours") else f"{r.mean:.2f} ± {r.std:.2f}"])
+        cells = []
+        for ref in refs:
+            r = common.ratios(ips[ref], v)
+            cells.append("1" if n == ref else f"{r.mean:.2f} ± {r.std:.2f}")
+        rows.append([n, f"{common.Stats(v).median:.1f}", common.Stats(v).fmt(1), *cells])
 
     # ---- accuracy at an equal number of steps
     acc = {n: [] for n in blocks}
@@ -189,7 +201,8 @@ def main(argv: list[str] | None = None) -> str:
             acc[f"ADAPT {kind}"].append(accuracy(f, x_t, y_t))
     t_acc = time.perf_counter() - t_acc
     for row in rows:
-        row.append(common.Stats(acc[row[0]]).fmt(4) if args.seeds else "not run")
+        same = "same as ours DDC (same steps)" if "steps per call" in row[0] else None
+        row.append(same or (common.Stats(acc[row[0]]).fmt(4) if args.seeds else "not run"))
 
     out = [common.header(f"Our DDC step vs ADAPT DeepCORAL and DANN: {name}, batch {b}+{b}",
                          __file__, argv),
@@ -197,7 +210,8 @@ def main(argv: list[str] | None = None) -> str:
            f"{cfg.model.backbone}, {cfg.data.image_size} px"
            + (f"; {ours.note}" if ours.note else ""), "",
            common.table(["method", "median images/s", "images/s mean ± std",
-                         "ours / this (images/s, paired)",
+                         *[f"{ref.replace('ours DDC (MMD)', 'ours')} / this (images/s, paired)"
+                           for ref in refs],
                          f"target acc after {args.acc_steps} steps ({args.seeds} seeds)"], rows),
            "", f"Speed: {args.repeats} rounds of {args.steps} steps; accuracy runs took "
                f"{t_acc:.0f} s in all."]

@@ -300,6 +300,27 @@ def step_block(run: Run, batches_iter, steps: int, lam: float) -> Callable[[], f
     return block
 
 
+def multi_step_block(run: Run, batches_iter, steps: int, lam: float,
+                     per_call: int) -> Callable[[], float]:
+    """Like ``step_block`` with ``train.steps_per_call = per_call``: ``steps / per_call`` calls
+    of ``TrainStep.steps`` (batches read inside the graph; one host sync per call) after one
+    priming call; returns their seconds."""
+    if steps % per_call:
+        raise ValueError(f"steps ({steps}) must be a multiple of steps per call ({per_call})")
+    lams = [lam] * per_call
+
+    def block() -> float:
+        t0 = None
+        for _ in range(steps // per_call + 1):
+            m = run.step.steps(batches_iter, lams, run.step_var)
+            bool(m["finite"].numpy().all())
+            if t0 is None:
+                t0 = time.perf_counter()
+        return time.perf_counter() - t0
+
+    return block
+
+
 def check_finite(run: Run, batches_iter, lam: float) -> bool:
     x_s, y_s, x_t = next(batches_iter)
     return bool(run.step(x_s, y_s, x_t, lam)["finite"])

@@ -111,6 +111,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     precision: str = "float32"        # "float32", "mixed_float16", "mixed_bfloat16"
     jit_compile: bool = False
+    steps_per_call: int = 1           # training steps per traced call (in-graph loop; same math)
     distribute: str = "none"          # "none", "mirrored" (GPUs of one machine), "multi_worker" (TF_CONFIG)
     eval_batch_size: int = 128
 
@@ -255,7 +256,8 @@ def validate(cfg: Config) -> Config:
            "a number >= 0 or null", t.backbone_lr_mult)
     _check(0 <= t.head_only_steps < t.steps, "train.head_only_steps",
            "an integer in [0, train.steps)", t.head_only_steps)
-    for key in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size"):
+    for key in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
+                "steps_per_call"):
         _check(getattr(t, key) >= 1, f"train.{key}", "an integer >= 1", getattr(t, key))
     _choice("train.precision", t.precision, ("float32", "mixed_float16", "mixed_bfloat16"))
     _choice("train.distribute", t.distribute, ("none", "mirrored", "multi_worker"))

@@ -46,10 +46,17 @@ def run(kind: str):
     step = TrainStep(net.model, opt, MMDConfig(weight=LAM), use_target=True, strategy=strategy)
     it = iter(distributed_stream(strategy, xs, ys, xt, batch_size=8, seed=3, augment=True))
     losses = []
-    for _ in range(int(os.environ.get("STEPS", 2))):
-        m = step(*next(it), LAM)
-        step_var.assign_add(1)
-        losses.append([float(m["cls_loss"]), float(m["mmd2"]), float(m["source_acc"])])
+    steps, per_call = int(os.environ.get("STEPS", 2)), int(os.environ.get("STEPS_PER_CALL", 1))
+    if per_call == 1:
+        for _ in range(steps):
+            m = step(*next(it), LAM)
+            step_var.assign_add(1)
+            losses.append([float(m["cls_loss"]), float(m["mmd2"]), float(m["source_acc"])])
+    else:  # steps in the graph, the iterator read inside it (TrainStep.steps)
+        for _ in range(steps // per_call):
+            m = step.steps(it, [LAM] * per_call, step_var)
+            losses += np.stack([m["cls_loss"], m["mmd2"], m["source_acc"]], axis=1).tolist()
+    assert int(step_var.numpy()) == steps
     return strategy.num_replicas_in_sync, losses, [w.numpy() for w in net.model.weights]
 
 

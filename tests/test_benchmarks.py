@@ -125,14 +125,19 @@ def test_bench_adapt_smallest(tiny_jpeg_config):
     from benchmarks import bench_adapt
     path, root = tiny_jpeg_config
     text = bench_adapt.main(["--config", str(path), "--data-root", str(root), "--repeats", "1",
-                             "--steps", "1", "--seeds", "0"])  # accuracy runs: see below
+                             "--steps", "2", "--steps-per-call", "2",
+                             "--seeds", "0"])  # accuracy runs: see below
     _check_header(text, "bench_adapt")
     (rows,) = common.parse_tables(text)
     rows = _by_first_column(rows)
-    assert set(rows) == {"ours DDC (MMD)", "ADAPT DeepCORAL", "ADAPT DANN"}
+    multi = "ours DDC (MMD), 2 steps per call"
+    assert set(rows) == {"ours DDC (MMD)", multi, "ADAPT DeepCORAL", "ADAPT DANN"}
     for r in rows.values():
         assert common.number(r["images/s mean ± std"]) > 0
-        assert r["target acc after 300 steps (0 seeds)"] == "not run"
+        assert common.number(r["ours / this (images/s, paired)"]) > 0
+        assert common.number(r["ours, 2 steps per call / this (images/s, paired)"]) > 0
+    assert rows[multi]["target acc after 300 steps (0 seeds)"].startswith("same as ours")
+    assert rows["ADAPT DANN"]["target acc after 300 steps (0 seeds)"] == "not run"
 
 
 def test_adapt_split_network_trains_only_its_own_parts():

@@ -272,26 +272,34 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
                 head_only = False
                 stage.manager.save(checkpoint_number=step)
                 stage = _Stage(run, head_only=False)
+            n = _call_length(t, step, head_only)
+            lams = [lambda_at(cfg, s) for s in range(step, step + n)]
             t0 = time.perf_counter()
-            x_s, y_s, x_t = next(batches)
-            lam = lambda_at(cfg, step)
-            m = stage.step(x_s, y_s, x_t, lam)
-            run.step_var.assign_add(1)
-            step += 1
-            finite = bool(m["finite"])  # waits for the step: the timing below is honest
-            if step > start + 1:  # the first step includes tracing: not in the throughput
+            if t.steps_per_call == 1:
+                x_s, y_s, x_t = next(batches)
+                m = stage.step(x_s, y_s, x_t, lams[0])
+                run.step_var.assign_add(1)
+                flags = [bool(m["finite"])]  # waits for the step: the timing below is honest
+            else:  # n steps in one traced call, which also advances run.step_var
+                stacked = stage.step.steps(batches, lams, run.step_var)
+                flags = [bool(f) for f in stacked["finite"].numpy()]
+                m = {key: v[-1] for key, v in stacked.items()}
+            first_step, step = step, step + n
+            if first_step > start:  # the first call includes tracing: not in the throughput
                 train_time += time.perf_counter() - t0
-                timed_steps += 1
-            if not finite:
+                timed_steps += n
+            for i in (i for i, ok in enumerate(flags) if not ok):
                 if run.loss_scale:
                     run.skipped_var.assign_add(1)
                     log.warning("step %d: non-finite gradients under float16 loss scaling, "
-                                "step skipped (%d so far)", step, int(run.skipped_var.numpy()))
+                                "step skipped (%d so far)", first_step + i + 1,
+                                int(run.skipped_var.numpy()))
                 else:
-                    raise RunError(f"non-finite loss at step {step} (total_loss="
-                                   f"{float(m['total_loss'])}); last good checkpoint: "
+                    total = stacked["total_loss"][i] if t.steps_per_call > 1 else m["total_loss"]
+                    raise RunError(f"non-finite loss at step {first_step + i + 1} (total_loss="
+                                   f"{float(total)}); last good checkpoint: "
                                    f"{stage.manager.latest_checkpoint or 'none'}")
-            pbar.update(1)
+            pbar.update(n)
             if step % t.log_every == 0 or step == t.steps:
                 vals = {k: float(v) for k, v in m.items() if k != "finite"}
                 pbar.set_postfix(cls=f"{vals['cls_loss']:.3f}", mmd2=f"{vals['mmd2']:.4f}",
@@ -302,7 +310,7 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
                         tf.summary.scalar(f"train/{k}", vals[k])
                     tf.summary.scalar("train/skipped_steps", int(run.skipped_var.numpy()))
                     tf.summary.scalar("lr", float(progress_lr(t, step - 1)))
-                    tf.summary.scalar("lambda", lam)
+                    tf.summary.scalar("lambda", lams[-1])
             if step % t.eval_every == 0 or step == t.steps:
                 last_report = run.evaluate(step)
                 rec = {k: v for k, v in last_report.items() if not k.startswith("_")}
@@ -339,6 +347,18 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
     log.info("done: target acc %.4f (mean per class %.4f); results in %s", results["target_acc"],
              results["target_mean_class_acc"], workdir / "results.json")
     return results
+
+
+def _call_length(t, step: int, head_only: bool) -> int:
+    """Steps in the next call: ``train.steps_per_call``, cut so that a call ends at every step
+    that logs, evaluates, checkpoints, switches stage or ends the run."""
+    if t.steps_per_call == 1:
+        return 1
+    ends = [t.steps] + [(step // every + 1) * every
+                        for every in (t.log_every, t.eval_every, t.checkpoint_every)]
+    if head_only:
+        ends.append(t.head_only_steps)
+    return max(1, min(t.steps_per_call, min(ends) - step))
 
 
 def _results(run: _Run, history: list, final: dict, stage: _Stage, ips, wall: float) -> dict:

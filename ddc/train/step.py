@@ -112,6 +112,33 @@ class TrainStep:
     def __call__(self, x_s, labels_s, x_t, lam: float):
         return self._fn(x_s, labels_s, x_t, tf.constant(lam, tf.float32))
 
+    def _steps(self, batches, lams, step_var):
+        k = tf.shape(lams)[0]
+        keys = ("cls_loss", "mmd2", "total_loss", "source_acc", "feature_norm", "bandwidth_base",
+                "finite")
+        arrays = {key: tf.TensorArray(tf.bool if key == "finite" else tf.float32, size=k)
+                  for key in keys}
+        for i in tf.range(k):
+            x_s, labels_s, x_t = next(batches)
+            out = self._step(x_s, labels_s, x_t, lams[i])
+            step_var.assign_add(1)  # the learning-rate schedule reads it in the next step
+            arrays = {key: arrays[key].write(i, out[key]) for key in keys}
+        return {key: a.stack() for key, a in arrays.items()}
+
+    def steps(self, batches, lams, step_var: tf.Variable) -> dict:
+        """``len(lams)`` steps in one traced call (Keras's ``steps_per_execution``): each takes
+        the next batch from the iterator ``batches`` inside the graph, runs this step at
+        ``lams[i]`` and adds 1 to ``step_var``. No Python between the steps, and the next
+        step's forward pass may start while the last variables of the previous update are
+        written. Same batches, same arithmetic as ``len(lams)`` calls of ``self(...)``.
+
+        Returns:
+            The step's outputs, each stacked over the steps: shape [len(lams)].
+        """
+        if not hasattr(self, "_steps_fn"):
+            self._steps_fn = tf.function(self._steps, reduce_retracing=True)
+        return self._steps_fn(batches, tf.constant(lams, tf.float32), step_var)
+
 
 def predict_fn(model: keras.Model, jit_compile: bool = False):
     """A traced ``x -> (logits, features)`` in inference mode."""
