@@ -1,5 +1,6 @@
 """``train.steps_per_call``: several steps in one traced call give the run of one call per step."""
 
+import contextlib
 import json
 import re
 
@@ -52,10 +53,11 @@ def test_steps_per_call_equals_one_call_per_step(changes, tmp_path, trees):
 
     base = {"train": {"steps": 11, "eval_every": 4, "log_every": 3, "checkpoint_every": 11}}
     runs = {}
-    for per_call in (1, 3):
-        raw = tiny_config(*trees, **json.loads(json.dumps(changes)))
-        raw["train"].update(base["train"], steps_per_call=per_call)
-        runs[per_call] = train_and_evaluate(from_dict(raw), tmp_path / f"run{per_call}")
+    with _op_determinism(changes.get("deterministic", True)):
+        for per_call in (1, 3):
+            raw = tiny_config(*trees, **json.loads(json.dumps(changes)))
+            raw["train"].update(base["train"], steps_per_call=per_call)
+            runs[per_call] = train_and_evaluate(from_dict(raw), tmp_path / f"run{per_call}")
     assert runs[3]["steps"] == 11 and runs[3]["skipped_steps"] == runs[1]["skipped_steps"]
     assert metrics_of(runs[3]) == metrics_of(runs[1])
     history = {k: (tmp_path / f"run{k}" / "metrics.jsonl").read_text() for k in runs}
@@ -69,6 +71,22 @@ def test_steps_per_call_equals_one_call_per_step(changes, tmp_path, trees):
     curves = {k: _train_scalars(tmp_path / f"run{k}") for k in runs}
     assert curves[3] == curves[1]
     assert sorted({s for s, _ in curves[1]["train/cls_loss"]}) == [3, 6, 9, 11]
+
+
+@contextlib.contextmanager
+def _op_determinism(wanted: bool):
+    """TensorFlow's op determinism is process-wide and a run only ever turns it on; the XLA case
+    needs it off (XLA has no deterministic max-pool gradient), so turn it off for that test."""
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    if not wanted and was:
+        tf_config.disable_op_determinism()
+    try:
+        yield
+    finally:
+        if was and not tf_config.is_op_determinism_enabled():
+            tf_config.enable_op_determinism()
 
 
 def _train_scalars(workdir):

@@ -44,9 +44,13 @@ class TrainStep:
         self.variables = list(model.trainable_variables)
         replica_fn = self._replica_step
         if jit_compile:  # XLA inside each replica; strategy.run itself cannot be compiled
-            replica_fn = tf.function(self._replica_step, jit_compile=True)
+            # autograph off: the replica step has no tensor-dependent Python control flow, and
+            # once, late in a full test run, autograph's conversion of it inside this nested
+            # function called a converted domain_loss with the wrong arguments (a TypeError)
+            replica_fn = tf.function(self._replica_step, jit_compile=True, autograph=False)
         self._replica_fn = replica_fn
         self._fn = tf.function(self._step, reduce_retracing=True)
+        self._steps_fn = tf.function(self._steps, reduce_retracing=True)
 
     def domain_loss(self, f_s, f_t):
         return mmd2(f_s, f_t, kernel=self.mmd.kernel, estimator=self.mmd.estimator,
@@ -128,15 +132,13 @@ class TrainStep:
     def steps(self, batches, lams, step_var: tf.Variable) -> dict:
         """``len(lams)`` steps in one traced call (Keras's ``steps_per_execution``): each takes
         the next batch from the iterator ``batches`` inside the graph, runs this step at
-        ``lams[i]`` and adds 1 to ``step_var``. No Python between the steps, and the next
-        step's forward pass may start while the last variables of the previous update are
-        written. Same batches, same arithmetic as ``len(lams)`` calls of ``self(...)``.
+        ``lams[i]`` and adds 1 to ``step_var`` (which the learning-rate schedule reads). No
+        Python and no host sync between the steps; the same batches and arithmetic as
+        ``len(lams)`` calls of ``self(...)``.
 
         Returns:
             The step's outputs, each stacked over the steps: shape [len(lams)].
         """
-        if not hasattr(self, "_steps_fn"):
-            self._steps_fn = tf.function(self._steps, reduce_retracing=True)
         return self._steps_fn(batches, tf.constant(lams, tf.float32), step_var)
 
 
