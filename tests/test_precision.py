@@ -35,11 +35,16 @@ def test_mixed_step_trains_and_keeps_float32_losses(policy):
         xs = xs.astype(np.uint8)
         xt = np.clip(xs.astype(int) + 20, 0, 255).astype(np.uint8)
         first = step(xs, ys, xt, 0.5)
+        losses = []
         for _ in range(30):
             m = step(xs, ys, xt, 0.5)
+            losses.append(float(m["cls_loss"]))
         for k in ("cls_loss", "mmd2", "total_loss"):
             assert m[k].dtype == tf.float32 and np.isfinite(float(m[k])), k
-        assert float(m["cls_loss"]) < 0.5 * float(first["cls_loss"])
+        # It learns: Adam at lr 3e-3 on 16 images in float16 reaches a small loss, then spikes
+        # now and then (so the loss at one fixed step depends on rounding-level differences,
+        # e.g. the fused vs Keras update, or op determinism on or off).
+        assert min(losses) < 0.25 * float(first["cls_loss"])
         assert float(first["mmd2"]) > 0
     finally:
         keras.mixed_precision.set_global_policy("float32")
