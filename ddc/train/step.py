@@ -44,10 +44,7 @@ class TrainStep:
         self.variables = list(model.trainable_variables)
         replica_fn = self._replica_step
         if jit_compile:  # XLA inside each replica; strategy.run itself cannot be compiled
-            # autograph off: the replica step has no tensor-dependent Python control flow, and
-            # once, late in a full test run, autograph's conversion of it inside this nested
-            # function called a converted domain_loss with the wrong arguments (a TypeError)
-            replica_fn = tf.function(self._replica_step, jit_compile=True, autograph=False)
+            replica_fn = tf.function(self._replica_step, jit_compile=True)
         self._replica_fn = replica_fn
         self._fn = tf.function(self._step, reduce_retracing=True)
         self._steps_fn = tf.function(self._steps, reduce_retracing=True)
