@@ -35,19 +35,19 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def apply_block(run, calls: int):
-    """``calls`` traced ``optimizer.apply`` calls on fixed gradients; returns seconds."""
+def apply_block(run):
+    """``block(n)``: ``n`` traced ``optimizer.apply`` calls on fixed gradients; returns seconds."""
     variables = run.step.variables
     rng = np.random.default_rng(0)
     grads = [tf.constant(rng.normal(scale=1e-3, size=v.shape).astype(np.float32))
              for v in variables]
     fn = tf.function(lambda: run.optimizer.apply(grads, variables))
 
-    def block(n=None) -> float:
+    def block(n: int) -> float:
         fn()
         common.sync(variables[0].value)
         t0 = time.perf_counter()
-        for _ in range(n or calls):
+        for _ in range(n):
             fn()
         common.sync(variables[-1].value)
         return time.perf_counter() - t0
@@ -55,10 +55,12 @@ def apply_block(run, calls: int):
     return block
 
 
-def step_block(run, batches, steps: int, lam: float):
-    def block(n=None) -> float:
+def fixed_batch_steps(run, batches, lam: float):
+    """``block(n)``: one priming DDC step, then ``n`` timed ones (host sync each, as the loop
+    does) on fixed batches; returns the seconds of the ``n``."""
+    def block(n: int) -> float:
         t0 = None
-        for i in range((n or steps) + 1):
+        for i in range(n + 1):
             x_s, y_s, x_t = batches[i % len(batches)]
             bool(run.step(x_s, y_s, x_t, lam)["finite"])
             if t0 is None:
@@ -103,8 +105,8 @@ def bench_config(name: str, overrides: list[str], repeats: int, block_s: float) 
         label = "fused" if fused else "Keras update_step"
         keras.utils.set_random_seed(cfg.seed)
         runs[fused] = run = common.build_run(cfg, k, use_target=True, fused=fused)
-        raw[f"apply, {label}"] = apply_block(run, 1)
-        raw[f"DDC step, {label}"] = step_block(run, batches, 1, lam)
+        raw[f"apply, {label}"] = apply_block(run)
+        raw[f"DDC step, {label}"] = fixed_batch_steps(run, batches, lam)
     for name_, block in raw.items():
         sizes[name_] = calibrated(block, block_s)
     for kind in ("apply", "DDC step"):  # one call count per pair: both sides do the same work

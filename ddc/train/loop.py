@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 

@@ -58,7 +58,7 @@ def _fused_sgd(opt, gradient, variable, lr):
         return tf.raw_ops.ResourceApplyGradientDescent(var=_handle(variable), alpha=lr,
                                                        delta=gradient)
     m = opt.momentums[opt._get_variable_index(variable)]
-    # accum <- momentum * accum - lr * g;  var <- var + accum  (Nesterov: + momentum * accum - lr * g)
+    # accum <- momentum accum - lr g;  var <- var + accum  (Nesterov: + momentum accum - lr g)
     return tf.raw_ops.ResourceApplyKerasMomentum(
         var=_handle(variable), accum=_handle(m), lr=lr, grad=gradient,
         momentum=tf.cast(opt.momentum, variable.dtype), use_nesterov=bool(opt.nesterov))
