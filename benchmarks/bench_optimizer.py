@@ -22,6 +22,7 @@ seconds (its step count is set from the warm-up); ratios are per round (paired).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -56,18 +57,8 @@ def apply_block(run):
 
 
 def fixed_batch_steps(run, batches, lam: float):
-    """``block(n)``: one priming DDC step, then ``n`` timed ones (host sync each, as the loop
-    does) on fixed batches; returns the seconds of the ``n``."""
-    def block(n: int) -> float:
-        t0 = None
-        for i in range(n + 1):
-            x_s, y_s, x_t = batches[i % len(batches)]
-            bool(run.step(x_s, y_s, x_t, lam)["finite"])
-            if t0 is None:
-                t0 = time.perf_counter()
-        return time.perf_counter() - t0
-
-    return block
+    """``block(n)``: ``common.step_block`` of ``n`` timed steps cycling over fixed batches."""
+    return lambda n: common.step_block(run, itertools.cycle(batches), n, lam)()
 
 
 def calibrated(block, target_s: float) -> int:

@@ -21,11 +21,13 @@ def _init(seed=1):
     return [rng.normal(size=s).astype(np.float32) for s in SHAPES]
 
 
-def _run(cfg, grads, *, fused, mult=1.0, graph=True):
+def _run(cfg, grads, *, fused, mult=1.0, graph=True, nesterov=False):
     """Applies ``grads`` (one list per step) with ``make_optimizer``; variable 0 is slow."""
     variables = [tf.Variable(w) for w in _init()]
     step = tf.Variable(0, dtype=tf.int64)
     opt = make_optimizer(cfg, step, variables, variables[:1], mult, loss_scale=False, fused=fused)
+    if nesterov:
+        opt.nesterov = True
 
     def apply(g):
         opt.apply(g, variables)
@@ -88,19 +90,8 @@ def test_fused_adam_equals_keras_and_numpy(mult, graph):
 def test_fused_sgd_equals_keras_and_numpy(momentum, nesterov):
     cfg = TrainConfig(optimizer="sgd", lr=0.05, momentum=momentum, steps=10, lr_schedule="inv")
     grads = _grads(5, seed=3)
-
-    def run(fused):
-        vs = [tf.Variable(w) for w in _init()]
-        step = tf.Variable(0, dtype=tf.int64)
-        opt = make_optimizer(cfg, step, vs, vs[:1], 0.1, loss_scale=False, fused=fused)
-        opt.nesterov = nesterov
-        fn = tf.function(lambda g: opt.apply(g, vs))
-        for g in grads:
-            fn([tf.constant(x) for x in g])
-            step.assign_add(1)
-        return [v.numpy() for v in vs]
-
-    fused, keras_ = run(True), run(False)
+    fused, _ = _run(cfg, grads, fused=True, mult=0.1, nesterov=nesterov)
+    keras_, _ = _run(cfg, grads, fused=False, mult=0.1, nesterov=nesterov)
     ref = _sgd_reference(grads, _inv_lr(cfg), 0.1, momentum, nesterov)
     for f, k, r, w0 in zip(fused, keras_, ref, _init()):
         np.testing.assert_allclose(f, k, rtol=1e-6, atol=1e-7)

@@ -278,11 +278,11 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
                 x_s, y_s, x_t = next(batches)
                 m = stage.step(x_s, y_s, x_t, lams[0])
                 run.step_var.assign_add(1)
-                flags = [bool(m["finite"])]  # waits for the step: the timing below is honest
+                flags, totals = [bool(m["finite"])], [m["total_loss"]]  # waits for the step
             else:  # n steps in one traced call, which also advances run.step_var
                 stacked = stage.step.steps(batches, lams, run.step_var)
-                flags = [bool(f) for f in stacked["finite"].numpy()]
-                m = {key: v[-1] for key, v in stacked.items()}
+                flags, totals = stacked["finite"].numpy().tolist(), stacked["total_loss"]
+                m = {key: v[-1] for key, v in stacked.items()}  # the last step's
             first_step, step = step, step + n
             if first_step > start:  # the first call includes tracing: not in the throughput
                 train_time += time.perf_counter() - t0
@@ -294,9 +294,8 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
                                 "step skipped (%d so far)", first_step + i + 1,
                                 int(run.skipped_var.numpy()))
                 else:
-                    total = stacked["total_loss"][i] if t.steps_per_call > 1 else m["total_loss"]
                     raise RunError(f"non-finite loss at step {first_step + i + 1} (total_loss="
-                                   f"{float(total)}); last good checkpoint: "
+                                   f"{float(totals[i])}); last good checkpoint: "
                                    f"{stage.manager.latest_checkpoint or 'none'}")
             pbar.update(n)
             if step % t.log_every == 0 or step == t.steps:

@@ -35,6 +35,11 @@ class TrainStep:
     Build it after trainability is final: the variable list is captured here.
     """
 
+    # what a step returns (``__call__``; ``steps`` stacks each over its steps)
+    OUTPUTS = {"cls_loss": tf.float32, "mmd2": tf.float32, "total_loss": tf.float32,
+               "source_acc": tf.float32, "feature_norm": tf.float32,
+               "bandwidth_base": tf.float32, "finite": tf.bool}
+
     def __init__(self, model: keras.Model, optimizer, mmd: MMDConfig, *, use_target: bool,
                  loss_scale: bool = False, jit_compile: bool = False, strategy=None):
         self.model, self.optimizer, self.mmd = model, optimizer, mmd
@@ -115,15 +120,12 @@ class TrainStep:
 
     def _steps(self, batches, lams, step_var):
         k = tf.shape(lams)[0]
-        keys = ("cls_loss", "mmd2", "total_loss", "source_acc", "feature_norm", "bandwidth_base",
-                "finite")
-        arrays = {key: tf.TensorArray(tf.bool if key == "finite" else tf.float32, size=k)
-                  for key in keys}
+        arrays = {key: tf.TensorArray(dtype, size=k) for key, dtype in self.OUTPUTS.items()}
         for i in tf.range(k):
             x_s, labels_s, x_t = next(batches)
             out = self._step(x_s, labels_s, x_t, lams[i])
             step_var.assign_add(1)  # the learning-rate schedule reads it in the next step
-            arrays = {key: arrays[key].write(i, out[key]) for key in keys}
+            arrays = {key: arrays[key].write(i, out[key]) for key in self.OUTPUTS}
         return {key: a.stack() for key, a in arrays.items()}
 
     def steps(self, batches, lams, step_var: tf.Variable) -> dict:
