@@ -23,6 +23,7 @@ Accuracy: each method trains ``--acc-steps`` steps per seed (ADAPT: repeated ``f
 most one epoch each, since ``fit`` does not reset the model) and is scored on all target images.
 
     nice -n 5 python benchmarks/bench_adapt.py             # USPS -> MNIST
+    python benchmarks/bench_adapt.py --seeds 0 --batch-sizes 8,16,32,128   # speed by batch size
     python benchmarks/bench_adapt.py --config demo --repeats 1 --steps 1 --acc-steps 2 --seeds 1
 """
 
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--steps", type=int, default=20, help="timed steps per block")
     p.add_argument("--acc-steps", type=int, default=300, help="training steps per accuracy run")
     p.add_argument("--seeds", type=int, default=3, help="accuracy runs per method (0: none)")
+    p.add_argument("--batch-sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                   help="also time speed at these batch sizes (comma-separated), one table")
     p.add_argument("--steps-per-call", type=int, default=10,
                    help="also time ours with train.steps_per_call = N (1: not)")
     args = p.parse_args(argv)
@@ -138,38 +141,54 @@ def main(argv: list[str] | None = None) -> str:
     onehot = np.eye(k, dtype=np.float32)[y_s]
     b, lam = cfg.train.batch_size, cfg.mmd.weight
 
-    def stream(seed):
-        return iter(train_dataset(x_s, y_s, x_t, batch_size=b, seed=seed,
+    def stream(seed, batch=b):
+        return iter(train_dataset(x_s, y_s, x_t, batch_size=batch, seed=seed,
                                   augment=cfg.data.augment, use_target=True))
 
-    # ---- speed (one fit call per ADAPT block: at most one epoch)
-    per_epoch = math.ceil(max(len(x_s), len(x_t)) / b)
-    if args.steps + 1 > per_epoch:
-        print(f"note: --steps {args.steps} cut to {per_epoch - 1} (one ADAPT epoch per block)")
-        args.steps = per_epoch - 1
-    if args.steps_per_call > 1 and args.steps % args.steps_per_call:
-        args.steps = max(args.steps_per_call, args.steps - args.steps % args.steps_per_call)
-        print(f"note: --steps set to {args.steps}, a multiple of --steps-per-call")
-    keras.utils.set_random_seed(cfg.seed)
-    ours = common.build_run(cfg, k, use_target=True)
-    blocks = {"ours DDC (MMD)": common.step_block(ours, stream(cfg.seed), args.steps, lam)}
-    if args.steps_per_call > 1:
-        keras.utils.set_random_seed(cfg.seed)
-        multi = common.build_run(cfg, k, use_target=True)
-        blocks[f"ours DDC (MMD), {args.steps_per_call} steps per call"] = common.multi_step_block(
-            multi, stream(cfg.seed), args.steps, lam, args.steps_per_call)
-    for kind in ("DeepCORAL", "DANN"):
-        keras.utils.set_random_seed(cfg.seed)
-        model, _, _ = adapt_model(kind, cfg, k, x_t)
-        timer = common.BatchTimer()
+    def speed(batch: int) -> tuple[dict, int, str]:
+        """Images/s per round of every method at batch ``batch`` + ``batch``; (ips, steps, note).
+        One fit call per ADAPT block: at most one epoch."""
+        cfg_b = common.load_config(args.config, args.set + [f"train.batch_size={batch}"])
+        steps = args.steps
+        per_epoch = math.ceil(max(len(x_s), len(x_t)) / batch)
+        if steps + 1 > per_epoch:
+            print(f"note: --steps {steps} cut to {per_epoch - 1} at batch {batch} "
+                  "(one ADAPT epoch per block)")
+            steps = per_epoch - 1
+        if args.steps_per_call > 1 and steps % args.steps_per_call:
+            steps = max(args.steps_per_call, steps - steps % args.steps_per_call)
+            print(f"note: --steps set to {steps} at batch {batch}, a multiple of "
+                  "--steps-per-call")
+        keras.utils.set_random_seed(cfg_b.seed)
+        ours = common.build_run(cfg_b, k, use_target=True)
+        blocks = {"ours DDC (MMD)": common.step_block(ours, stream(cfg_b.seed, batch), steps,
+                                                      lam)}
+        if args.steps_per_call > 1:
+            keras.utils.set_random_seed(cfg_b.seed)
+            multi = common.build_run(cfg_b, k, use_target=True)
+            blocks[f"ours DDC (MMD), {args.steps_per_call} steps per call"] = \
+                common.multi_step_block(multi, stream(cfg_b.seed, batch), steps, lam,
+                                        args.steps_per_call)
+        for kind in ("DeepCORAL", "DANN"):
+            keras.utils.set_random_seed(cfg_b.seed)
+            model, _, _ = adapt_model(kind, cfg_b, k, x_t)
+            timer = common.BatchTimer()
 
-        def block(model=model, timer=timer):
-            adapt_fit(model, x_s, onehot, b, args.steps + 1, [timer])
-            return timer.seconds
+            def block(model=model, timer=timer):
+                adapt_fit(model, x_s, onehot, batch, steps + 1, [timer])
+                return timer.seconds
 
-        blocks[f"ADAPT {kind}"] = block
-    times = common.alternate(blocks, args.repeats, warmup=1)
-    ips = {n: [2 * b * args.steps / t for t in ts] for n, ts in times.items()}
+            blocks[f"ADAPT {kind}"] = block
+        times = common.alternate(blocks, args.repeats, warmup=1)
+        return ({n: [2 * batch * steps / t for t in ts] for n, ts in times.items()}, steps,
+                ours.note)
+
+    sweep = {}
+    for batch in sorted(set(args.batch_sizes or []) - {b}):
+        sweep[batch] = speed(batch)[0]
+        print(f"batch {batch}+{batch} done", file=sys.stderr, flush=True)
+    ips, args.steps, note = speed(b)
+    sweep[b] = ips
     refs = [n for n in ips if n.startswith("ours")]  # ours, and ours with steps per call
     rows = []
     for n, v in ips.items():
@@ -180,7 +199,7 @@ def main(argv: list[str] | None = None) -> str:
         rows.append([n, f"{common.Stats(v).median:.1f}", common.Stats(v).fmt(1), *cells])
 
     # ---- accuracy at an equal number of steps
-    acc = {n: [] for n in blocks}
+    acc = {n: [] for n in ips}
     t_acc = time.perf_counter()
     for seed in range(args.seeds):
         cfg_s = common.load_config(args.config, args.set + [f"seed={seed}"])
@@ -208,13 +227,23 @@ def main(argv: list[str] | None = None) -> str:
                          __file__, argv),
            f"source {src.name}: {len(src)} images; target: {len(tgt)} images; {k} classes; "
            f"{cfg.model.backbone}, {cfg.data.image_size} px"
-           + (f"; {ours.note}" if ours.note else ""), "",
+           + (f"; {note}" if note else ""), "",
            common.table(["method", "median images/s", "images/s mean ± std",
                          *[f"{ref.replace('ours DDC (MMD)', 'ours')} / this (images/s, paired)"
                            for ref in refs],
                          f"target acc after {args.acc_steps} steps ({args.seeds} seeds)"], rows),
            "", f"Speed: {args.repeats} rounds of {args.steps} steps; accuracy runs took "
                f"{t_acc:.0f} s in all."]
+    if len(sweep) > 1:
+        adapt_names = [n for n in ips if n.startswith("ADAPT")]
+        heads = [f"{ref.replace('ours DDC (MMD)', 'ours')} / {a.replace('ADAPT ', '')}"
+                 for ref in refs for a in adapt_names]
+        srows = [[f"{bs}+{bs}", f"{common.Stats(v[refs[0]]).median:.1f}",
+                  *[common.ratios(v[ref], v[a]).fmt(2) for ref in refs for a in adapt_names]]
+                 for bs, v in sorted(sweep.items())]
+        out += ["", f"#### By batch size (images/s ratios, paired rounds; {args.repeats} rounds "
+                    "per batch size)", "",
+                common.table(["batch", "ours median images/s", *heads], srows)]
     text = "\n".join(out) + "\n"
     print(text)
     return text

@@ -1,4 +1,4 @@
-"""Images/s of the training step in float32 and mixed_float16, and whether its losses stay finite.
+"""Images/s of the training step in float32 and mixed precision, and whether its losses stay finite.
 
 The Python part of ``benchmarks/gpu_check.sh`` (meant for a GPU machine; it runs on a CPU too,
 slowly). For each network preset and each precision: build the network, freeze, optimizer
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> str:
              r["skipped"], "yes" if r["finite"] else "NO",
              f"{r['first_loss']:.4f} -> {r['last_loss']:.4f}"] for r in results]
     notes = sorted({f"{r['preset']}: {r['note']}" for r in results if r["note"]})
-    out = [common.header(f"float32 vs mixed_float16 training step ({args.steps} timed steps "
+    names = " vs ".join(dict.fromkeys(args.precisions.split(",")))
+    out = [common.header(f"{names} training step ({args.steps} timed steps "
                          f"after {args.warmup} warm-up steps)", __file__, argv),
            common.table(["network", "size", "batch", "precision", "images/s", "ms/step",
                          "speedup vs float32", "skipped fp16 steps", "losses finite",

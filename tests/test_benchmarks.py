@@ -125,11 +125,19 @@ def test_bench_adapt_smallest(tiny_jpeg_config):
     from benchmarks import bench_adapt
     path, root = tiny_jpeg_config
     text = bench_adapt.main(["--config", str(path), "--data-root", str(root), "--repeats", "1",
-                             "--steps", "2", "--steps-per-call", "2",
+                             "--steps", "2", "--steps-per-call", "2", "--batch-sizes", "2",
                              "--seeds", "0"])  # accuracy runs: see below
     _check_header(text, "bench_adapt")
-    (rows,) = common.parse_tables(text)
+    rows, by_batch = common.parse_tables(text)
     rows = _by_first_column(rows)
+    b = common.load_config(str(path)).train.batch_size
+    by_batch = _by_first_column(by_batch)
+    assert set(by_batch) == {"2+2", f"{b}+{b}"}
+    # the sweep's row at the config's batch is the main table's paired ratios
+    for kind in ("DeepCORAL", "DANN"):
+        assert by_batch[f"{b}+{b}"][f"ours / {kind}"] == \
+            rows[f"ADAPT {kind}"]["ours / this (images/s, paired)"]
+        assert common.number(by_batch["2+2"][f"ours, 2 steps per call / {kind}"]) > 0
     multi = "ours DDC (MMD), 2 steps per call"
     assert set(rows) == {"ours DDC (MMD)", multi, "ADAPT DeepCORAL", "ADAPT DANN"}
     for r in rows.values():
@@ -138,6 +146,34 @@ def test_bench_adapt_smallest(tiny_jpeg_config):
         assert common.number(r["ours, 2 steps per call / this (images/s, paired)"]) > 0
     assert rows[multi]["target acc after 300 steps (0 seeds)"].startswith("same as ours")
     assert rows["ADAPT DANN"]["target acc after 300 steps (0 seeds)"] == "not run"
+
+
+def test_profile_step_shares():
+    from benchmarks import profile_step
+    got = profile_step.shares({"IDLE": 5.0, "Conv2D": 1.0, "MatMul": 3.0})
+    assert got == {"Conv2D": 25.0, "MatMul": 75.0}
+
+
+def test_profile_step_smallest(tiny_jpeg_config, tmp_path):
+    pytest.importorskip("xprof", reason="xprof is a benchmark-only package")
+    from benchmarks import profile_step
+    path, root = tiny_jpeg_config
+    logdir = tmp_path / "prof"
+    text = profile_step.main(["--config", str(path), "--data-root", str(root), "--steps", "3",
+                              "--warmup", "1", "--top", "1000", "--logdir", str(logdir)])
+    _check_header(text, "profile_step")
+    (rows,) = common.parse_tables(text)
+    rows = _by_first_column(rows)
+    assert len(list(logdir.glob("m0/plugins/profile/*/*.xplane.pb"))) == 1  # kept for TensorBoard
+    col = "ours DDC (MMD) % of op time"
+    listed = {t: r for t, r in rows.items() if not t.startswith("(") and not t.startswith("IDLE")}
+    # LeNet's step runs convolutions forward and backward; the shares of all op types add to 100
+    conv = [t for t in listed if "Conv2D" in t]
+    assert len(conv) >= 2 and all(common.number(listed[t][col]) > 0 for t in conv)
+    assert sum(common.number(r[col]) for r in listed.values()) == pytest.approx(100, abs=0.5)
+    all_conv = rows["(all convolutions: *Conv2D*)"]
+    assert common.number(all_conv[col]) == pytest.approx(
+        sum(common.number(listed[t][col]) for t in conv), abs=0.2)
 
 
 def test_adapt_split_network_trains_only_its_own_parts():
