@@ -94,12 +94,18 @@ def main(argv: list[str] | None = None) -> str:
             results.append(measure(r, prec, args.steps, args.warmup))
             print(f"{r} {prec}: {results[-1]['images_per_s']:.1f} images/s, losses finite: "
                   f"{results[-1]['finite']}", file=sys.stderr, flush=True)
-    base = {r["preset"]: r["images_per_s"] for r in results if r["precision"] == "float32"}
+    # each row against the float32 run of its network just before it (paired when the
+    # precisions alternate, e.g. --precisions float32,mixed_bfloat16,float32,mixed_bfloat16)
+    last, base = {}, []
+    for r in results:
+        if r["precision"] == "float32":
+            last[r["preset"]] = r["images_per_s"]
+        base.append(last.get(r["preset"]))
     rows = [[r["preset"], f"{r['size']} px", r["batch"], r["precision"],
              f"{r['images_per_s']:.1f}", f"{r['ms_per_step']:.1f}",
-             f"{r['images_per_s'] / base[r['preset']]:.2f}x" if r["preset"] in base else "n/a",
+             f"{r['images_per_s'] / b:.2f}x" if b else "n/a",
              r["skipped"], "yes" if r["finite"] else "NO",
-             f"{r['first_loss']:.4f} -> {r['last_loss']:.4f}"] for r in results]
+             f"{r['first_loss']:.4f} -> {r['last_loss']:.4f}"] for r, b in zip(results, base)]
     notes = sorted({f"{r['preset']}: {r['note']}" for r in results if r["note"]})
     names = " vs ".join(dict.fromkeys(args.precisions.split(",")))
     out = [common.header(f"{names} training step ({args.steps} timed steps "

@@ -206,6 +206,9 @@ def test_bench_precision_smallest():
     _check_header(text, "bench_precision")
     (rows,) = common.parse_tables(text)
     assert [r["precision"] for r in rows] == ["float32", "mixed_float16"]
+    assert rows[0]["speedup vs float32"] == "1.00x"
+    assert common.number(rows[1]["speedup vs float32"]) == pytest.approx(
+        common.number(rows[1]["images/s"]) / common.number(rows[0]["images/s"]), abs=0.02)
     assert all(common.number(r["images/s"]) > 0 and r["losses finite"] == "yes" for r in rows)
     import keras
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
