@@ -38,13 +38,14 @@ CONV = "Conv2D"  # every convolution kernel's type has it: forward, fused, both 
 
 
 def op_self_times(logdir: Path) -> dict[str, float]:
-    """Op type -> self time in microseconds, from the profile under ``logdir``."""
+    """Op type -> self time in microseconds, from the newest profile under ``logdir``."""
     from xprof.convert import raw_to_tool_data
 
     files = glob.glob(str(logdir / "plugins" / "profile" / "*" / "*.xplane.pb"))
-    if len(files) != 1:
-        raise RuntimeError(f"expected one profile under {logdir}, found {files}")
-    data, _ = raw_to_tool_data.xspace_to_tool_data(files, "framework_op_stats", {})
+    if not files:
+        raise RuntimeError(f"no profile (*.xplane.pb) under {logdir}")
+    newest = max(files, key=lambda f: Path(f).stat().st_mtime)
+    data, _ = raw_to_tool_data.xspace_to_tool_data([newest], "framework_op_stats", {})
     table = json.loads(data.decode() if isinstance(data, bytes) else data)
     table = table[0] if isinstance(table, list) else table
     cols = [c["id"] for c in table["cols"]]
