@@ -207,9 +207,7 @@ def main(argv: list[str] | None = None) -> str:
         run = common.build_run(cfg_s, k, use_target=True)
         it = stream(seed)
         for _ in range(args.acc_steps):
-            xs_, ys_, xt_ = next(it)
-            run.step(xs_, ys_, xt_, lam)
-            run.step_var.assign_add(1)
+            common.one_step(run, it, lam)
         pred = predict_fn(run.net.model)
         acc["ours DDC (MMD)"].append(accuracy(lambda x: pred(x)[0], x_t, y_t))
         for kind in ("DeepCORAL", "DANN"):

@@ -53,9 +53,7 @@ def measure(preset: str, precision: str, steps: int, warmup: int) -> dict:
 
         def one():
             nonlocal skipped
-            x_s, y_s, x_t = next(it)
-            m = run.step(x_s, y_s, x_t, lam)
-            run.step_var.assign_add(1)
+            m = common.one_step(run, it, lam)
             ok = bool(m["finite"])
             skipped += not ok
             losses.append(float(m["total_loss"]))

@@ -282,17 +282,23 @@ def batch_dataset(batches) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((xs, ys, xt)).repeat().prefetch(tf.data.AUTOTUNE)
 
 
+def one_step(run: Run, batches_iter, lam: float) -> dict:
+    """One training step as the loop runs it: next batch, the step, the step counter. Returns
+    the step's outputs (not yet read back: ``bool(out["finite"])`` is the loop's host sync)."""
+    x_s, y_s, x_t = next(batches_iter)
+    out = run.step(x_s, y_s, x_t, lam)
+    run.step_var.assign_add(1)
+    return out
+
+
 def step_block(run: Run, batches_iter, steps: int, lam: float) -> Callable[[], float]:
-    """A block of ``steps + 1`` steps as the training loop runs them (next batch, step, step
-    counter, host sync); returns the seconds of the last ``steps`` (the first one only primes)."""
+    """A block of ``steps + 1`` steps as the training loop runs them (``one_step`` and the host
+    sync); returns the seconds of the last ``steps`` (the first one only primes)."""
 
     def block() -> float:
         t0 = None
         for _ in range(steps + 1):
-            x_s, y_s, x_t = next(batches_iter)
-            m = run.step(x_s, y_s, x_t, lam)
-            run.step_var.assign_add(1)
-            bool(m["finite"])
+            bool(one_step(run, batches_iter, lam)["finite"])
             if t0 is None:
                 t0 = time.perf_counter()
         return time.perf_counter() - t0

@@ -103,12 +103,9 @@ def main(argv: list[str] | None = None) -> str:
     run = common.build_run(cfg, k, use_target=True)
     it = stream()
 
-    def ours(n: int) -> None:  # as the training loop runs it: next batch, step, host sync
+    def ours(n: int) -> None:  # as the training loop runs it, host sync included
         for _ in range(n):
-            xs, ys, xt = next(it)
-            m = run.step(xs, ys, xt, lam)
-            run.step_var.assign_add(1)
-            bool(m["finite"])
+            bool(common.one_step(run, it, lam)["finite"])
 
     methods = {"ours DDC (MMD)": ours}
     if not args.no_adapt:
