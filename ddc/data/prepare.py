@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ddc.align import active_classes, needs_target
 from ddc.config import Config
 from ddc.data.align import align_domains, shared_classes, stratified_split
 from ddc.data.domains import Domain, folder_root, list_class_folders, load_domain
@@ -63,7 +64,7 @@ def _check_batch(cfg: Config, n_train: int, n_target: int) -> None:
     """A training stream needs one full batch (batches drop their remainder)."""
     b = cfg.train.batch_size
     parts = [(n_train, "data.source (training split)")]
-    if cfg.mmd.weight > 0:  # the target stream exists only when the MMD term does
+    if needs_target(active_classes(cfg.align)):  # else no target stream exists
         parts.append((n_target, "data.target"))
     for n, key in parts:
         if n < b:

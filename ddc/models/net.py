@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers, ops
 
-from ddc.config import ModelConfig
+from ddc.config import ConfigError, ModelConfig
 from ddc.models.backbones import PREPROCESS, build_backbone
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -50,7 +50,7 @@ class Preprocess(keras.layers.Layer):
 
 @dataclass
 class Network:
-    model: keras.Model      # image -> (logits [B,K] float32, features [B,A])
+    model: keras.Model      # image -> (logits [B,K] float32, features [B,A], *taps)
     backbone: keras.Model   # preprocessed image -> pooled features [B,F]
     head: keras.Model       # pooled features -> (logits, features)
     preprocess: Preprocess
@@ -60,7 +60,10 @@ class Network:
         return int(self.backbone.output.shape[-1])
 
 
-def build_head(cfg: ModelConfig, in_dim: int, num_classes: int) -> keras.Model:
+def build_head(cfg: ModelConfig, in_dim: int, num_classes: int, taps: tuple = ()) -> keras.Model:
+    """``pooled [B, F] -> (logits [B, K] float32, features [B, A], *taps)``; ``taps`` names
+    further outputs for alignment terms that read other layers (DAN, JAN): ``pooled`` or a
+    head layer's name (``head_hidden``, ``adapt``)."""
     inp = keras.Input((in_dim,), name="pooled")
     x = inp
     if cfg.head_hidden:
@@ -72,16 +75,24 @@ def build_head(cfg: ModelConfig, in_dim: int, num_classes: int) -> keras.Model:
     features = x
     # Logits in float32 whatever the precision policy: softmax and cross-entropy need the range.
     logits = layers.Dense(num_classes, dtype="float32", name="logits")(features)
-    return keras.Model(inp, [logits, features], name="head")
+    model = keras.Model(inp, [logits, features], name="head")
+    extra = []
+    for name in taps:
+        known = ["pooled"] + [layer.name for layer in model.layers[1:]]
+        if name not in known:
+            raise ConfigError(f"align: no layer {name!r} in the head to read (layers: "
+                              f"{', '.join(known)}, or features, logits, softmax)")
+        extra.append(inp if name == "pooled" else model.get_layer(name).output)
+    return keras.Model(inp, [logits, features, *extra], name="head") if extra else model
 
 
 def build_network(cfg: ModelConfig, image_shape: tuple, num_classes: int,
-                  weights: str | None) -> Network:
-    """Builds the network; ``weights`` is None, "imagenet" or a resolved file path."""
+                  weights: str | None, taps: tuple = ()) -> Network:
+    """Builds the network; ``weights`` is None, "imagenet" or a resolved file path; ``taps``:
+    extra outputs after ``(logits, features)``, see :func:`build_head`."""
     backbone = build_backbone(cfg, image_shape, weights)
-    head = build_head(cfg, int(backbone.output.shape[-1]), num_classes)
+    head = build_head(cfg, int(backbone.output.shape[-1]), num_classes, taps)
     pre = Preprocess(PREPROCESS[cfg.backbone], name="preprocess")
     image = keras.Input(image_shape, dtype="uint8", name="image")
-    logits, features = head(backbone(pre(image)))
-    model = keras.Model(image, [logits, features], name="ddc_net")
+    model = keras.Model(image, head(backbone(pre(image))), name="ddc_net")
     return Network(model, backbone, head, pre)

@@ -1,4 +1,4 @@
-"""Losses for deep domain confusion: MMD² between feature batches, and cross-entropy.
+"""MMD² between feature batches (DDC, DAN) and JAN's joint MMD² over several layers.
 
 ``mmd2`` estimates the squared maximum mean discrepancy between a source batch
 and a target batch of features, with a multi-bandwidth Gaussian kernel (DAN
@@ -171,7 +171,11 @@ def mmd2(
         k = tf.reshape(_gaussian(d2, _sigma2(tf.reduce_mean(d2), multipliers, bandwidths)), [4, -1])
         return tf.reduce_mean(k[0] + k[1] - k[2] - k[3])
 
-    n = tf.shape(f_s)[0]
+    return _quadratic(_joint_kernel(f_s, f_t, multipliers, bandwidths), tf.shape(f_s)[0], estimator)
+
+
+def _joint_kernel(f_s, f_t, multipliers, bandwidths) -> tf.Tensor:
+    """The multi-bandwidth Gaussian kernel matrix of ``[f_s; f_t]``, [n+m, n+m]."""
     x = tf.concat([f_s, f_t], axis=0)
     x = x - tf.reduce_mean(x, axis=0, keepdims=True)  # translation-invariant, less cancellation
     gram = tf.matmul(x, x, transpose_b=True)
@@ -180,11 +184,57 @@ def mmd2(
     d2 = tf.linalg.set_diag(d2, tf.zeros_like(sq))  # [n+m, n+m]
     total = tf.cast(tf.shape(x)[0], tf.float32)
     base = tf.reduce_sum(d2) / (total * (total - 1.0))
-    k = _gaussian(d2, _sigma2(base, multipliers, bandwidths))
+    return _gaussian(d2, _sigma2(base, multipliers, bandwidths))
+
+
+def _quadratic(k: tf.Tensor, n, estimator: str) -> tf.Tensor:
+    """MMD² from the kernel matrix of ``[source (n); target]``: biased or unbiased."""
     k_ss, k_tt, k_st = k[:n, :n], k[n:, n:], k[:n, n:]
     if estimator == "biased":
         return tf.reduce_mean(k_ss) + tf.reduce_mean(k_tt) - 2.0 * tf.reduce_mean(k_st)
     return _offdiag_mean(k_ss) + _offdiag_mean(k_tt) - 2.0 * tf.reduce_mean(k_st)
+
+
+def jmmd(layers_s: Sequence, layers_t: Sequence, *, estimator: str = "biased",
+         multipliers: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> tf.Tensor:
+    r"""Joint MMD² of JAN (Long et al. 2017) over L layers.
+
+    With ``z_i = (z_i^1, ..., z_i^L)`` the activations of sample i in each layer, the joint
+    kernel is the product of each layer's multi-bandwidth Gaussian kernel of :func:`mmd2`::
+
+        k(z_i, z_j) = prod_l (1/K) sum_k exp(-||z_i^l - z_j^l||² / (2 sigma_lk²))
+        sigma_lk²   = multipliers[k] * base_l   (base_l of layer l's batch, as in mmd2,
+                                                 under stop-gradient)
+
+    and the estimate is ``mmd2``'s biased or unbiased estimator with that kernel. With one
+    layer it equals ``mmd2(layers_s[0], layers_t[0], estimator=..., multipliers=...)``.
+
+    Args:
+      layers_s: L source tensors, layer l of shape [n, d_l], any float dtype.
+      layers_t: L target tensors, layer l of shape [m, d_l].
+      estimator: "biased" or "unbiased".
+      multipliers: Bandwidth multipliers, shape [K], all > 0.
+
+    Returns:
+      A float32 scalar tensor.
+
+    Raises:
+      ValueError: no layers, differing layer counts, an unknown estimator, or shapes that do
+        not fit (as in ``mmd2``; the message gives the shapes).
+    """
+    if estimator not in ("biased", "unbiased"):
+        raise ValueError(f"jmmd: estimator must be 'biased' or 'unbiased'; got {estimator!r}")
+    if not layers_s or len(layers_s) != len(layers_t):
+        raise ValueError(f"jmmd: need the same number (>= 1) of source and target layers; got "
+                         f"{len(layers_s)} and {len(layers_t)}")
+    k = None
+    for f_s, f_t in zip(layers_s, layers_t):
+        f_s = tf.cast(tf.convert_to_tensor(f_s), tf.float32)
+        f_t = tf.cast(tf.convert_to_tensor(f_t), tf.float32)
+        _check_shapes(f_s, f_t, "gaussian", estimator)
+        k_l = _joint_kernel(f_s, f_t, multipliers, None)
+        k = k_l if k is None else k * k_l
+    return _quadratic(k, tf.shape(tf.convert_to_tensor(layers_s[0]))[0], estimator)
 
 
 def bandwidth_base(f_s, f_t) -> tf.Tensor:
@@ -199,20 +249,3 @@ def bandwidth_base(f_s, f_t) -> tf.Tensor:
     total = tf.cast(tf.shape(x)[0], tf.float32)
     # sum_{i,j} ||x_i - x_j||^2 = 2 N sum_i ||x_i||^2 for centred x
     return 2.0 * total * tf.reduce_sum(tf.square(x)) / (total * (total - 1.0))
-
-
-def classification_loss(labels, logits) -> tf.Tensor:
-    """Mean sparse softmax cross-entropy, computed in float32.
-
-    Args:
-      labels: Integer class ids, shape [n].
-      logits: Unnormalised scores, shape [n, C], any float dtype.
-
-    Returns:
-      A float32 scalar tensor.
-    """
-    logits = tf.cast(logits, tf.float32)
-    labels = tf.cast(labels, tf.int32)
-    return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    )
