@@ -56,7 +56,7 @@ def tiny_config(src: str, tgt: str, **train) -> dict:
             "data": {"source": {"root": str(src)}, "target": {"root": str(tgt)},
                      "image_size": 16, "channels": 3, "val_fraction": 0.25},
             "model": {"backbone": "lenet", "adapt_width": 16},
-            "mmd": {"weight": 0.5},
+            "align": {"mmd": {"weight": 0.5}},
             "train": t}
 
 

@@ -147,7 +147,7 @@ def tiny_config(src, tgt, name: str = "tiny", **sections) -> dict:
         "data": {"source": {"root": str(src)}, "target": {"root": str(tgt)},
                  "image_size": 16, "channels": 3, "val_fraction": 0.25, "decode_workers": 2},
         "model": {"backbone": "lenet", "adapt_width": 16},
-        "mmd": {"weight": 0.5},
+        "align": {"mmd": {"weight": 0.5}},
         "train": {"steps": 6, "batch_size": 4, "optimizer": "adam", "lr": 0.003,
                   "eval_every": 3, "log_every": 1, "checkpoint_every": 3, "eval_batch_size": 16},
     }

@@ -11,8 +11,9 @@ import pytest
 
 from conftest import REPO, make_tree, tiny_config, write_image
 
-TAGS = ["train/cls_loss", "train/mmd2", "train/total_loss", "train/source_acc",
-        "eval/source_val_acc", "eval/target_acc", "lr", "lambda"]
+TAGS = ["train/cls_loss", "train/align/mmd", "train/align/mmd/bandwidth_base", "train/total_loss",
+        "train/source_acc", "train/feature_norm", "eval/source_val_acc", "eval/target_acc", "lr",
+        "lambda/mmd"]
 
 
 def run_cli(*args, env=None):
@@ -58,8 +59,12 @@ def test_cli_end_to_end_mixed_formats(tmp_path, write_config):
         assert tag in scalars, tag
     assert [s for s, _ in scalars["train/cls_loss"]] == [1, 2, 3, 4, 5, 6]
     assert [s for s, _ in scalars["eval/target_acc"]] == [3, 6]
-    assert all(np.isfinite(v) and v >= 0 for _, v in scalars["train/mmd2"])
-    assert any(v > 0 for _, v in scalars["train/mmd2"])
+    assert all(np.isfinite(v) and v >= 0 for _, v in scalars["train/align/mmd"])
+    assert any(v > 0 for _, v in scalars["train/align/mmd"])
+    # the optimised loss: cross-entropy + lambda * MMD^2 (LeNet has no regularisation losses)
+    for (_, total), (_, ce), (_, mmd) in zip(scalars["train/total_loss"], scalars["train/cls_loss"],
+                                             scalars["train/align/mmd"]):
+        assert total == pytest.approx(ce + 0.5 * mmd, rel=1e-5)
     assert scalars["eval/target_acc"][-1][1] == pytest.approx(res["target_acc"])
 
 

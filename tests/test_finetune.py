@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, WEIGHTS_ROOT, make_tree, needs_weights, tiny_config
 
-from ddc.config import ConfigError, FreezeConfig, MMDConfig, ModelConfig, TrainConfig, from_dict, load
+from ddc.config import ConfigError, FreezeConfig, ModelConfig, TrainConfig, from_dict, load
 from ddc.models import apply_freeze, build_backbone, build_network, resolve_weights, variable_counts
 from ddc.train import TrainStep, train_and_evaluate
 from ddc.train.evaluate import extract_features
@@ -42,13 +42,13 @@ def _train_steps(net, steps=3, seed=0):
     opt = make_optimizer(TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9),
                          tf.Variable(0, dtype=tf.int64), net.model.trainable_variables, [], 1.0,
                          loss_scale=False)
-    step = TrainStep(net.model, opt, MMDConfig(weight=0.0), use_target=False)
+    step = TrainStep(net.model, opt)
     rng = np.random.default_rng(seed)
     x_t = np.zeros((0, 32, 32, 3), np.uint8)
     for _ in range(steps):
         x = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
         y = rng.integers(0, 3, 8).astype(np.int32)
-        step(tf.constant(x), tf.constant(y), tf.constant(x_t), 0.0)
+        step(tf.constant(x), tf.constant(y), tf.constant(x_t))
 
 
 def _layer_values(backbone):
@@ -150,7 +150,7 @@ def test_shipped_finetune_configs_validate():
         cfg = load(REPO / "configs" / f"{name}.json")
         assert cfg.data.source.root == cfg.data.target.root == "siri_whu"
         assert cfg.data.val_fraction == pytest.approx(0.8)  # 20% train, 80% held out (the test set)
-        assert cfg.mmd.weight == 0.0 and cfg.data.cache == "disk"
+        assert cfg.align == {} and cfg.data.cache == "disk"
     feats = load(REPO / "configs" / "siri_whu_features.json")
     assert feats.mode == "features" and feats.model.head_hidden == feats.model.adapt_width == 0
 
@@ -174,7 +174,7 @@ def test_two_stage_training_keeps_the_backbone_fixed_then_trains_it(tiny_trees, 
     src, tgt = tiny_trees
     raw = tiny_config(src, tgt, steps=6, head_only_steps=3, checkpoint_every=1,
                       keep_checkpoints=20, eval_every=6, optimizer="sgd", lr=0.05)
-    raw["mmd"]["weight"] = 0.0
+    raw["align"] = {}
     cfg = from_dict(raw)
     workdir = tmp_path / "run"
     results = train_and_evaluate(cfg, workdir, data_root=tmp_path)

@@ -17,7 +17,7 @@ CONFIG = {
              "target": {"synthetic": "shapes-textured", "max_per_class": 16},
              "image_size": 16, "channels": 3},
     "model": {"backbone": "lenet", "adapt_width": 16},
-    "mmd": {"weight": 1.0},
+    "align": {"mmd": {"weight": 1.0}},
     "train": {"steps": 6, "batch_size": 8, "optimizer": "sgd", "lr": 0.05, "eval_every": 3,
               "checkpoint_every": 3, "distribute": "multi_worker"},
 }

@@ -28,8 +28,8 @@ def test_siri_whu_config_short_run_writes_the_curves(tmp_path):
     scalars = read_scalars(work / "tensorboard")
     for tag in TAGS:
         assert tag in scalars, tag
-    assert len(scalars["train/mmd2"]) == 4 and all(v > 0 for _, v in scalars["train/mmd2"])
-    assert scalars["lambda"][0][1] == pytest.approx(0.25)
+    assert len(scalars["train/align/mmd"]) == 4 and all(v > 0 for _, v in scalars["train/align/mmd"])
+    assert scalars["lambda/mmd"][0][1] == pytest.approx(0.25)
     log = (work / "train.log").read_text()
     assert "dropping classes without a counterpart: water" in log
 

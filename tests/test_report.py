@@ -107,7 +107,7 @@ def _tiny_cfg(weight: float, mode: str = "train") -> dict:
                      "target": {"synthetic": "shapes-textured", "max_per_class": 12},
                      "image_size": 16, "channels": 3, "val_fraction": 0.25},
             "model": model,
-            "mmd": {"weight": weight},
+            "align": {"mmd": {"weight": weight}} if weight else {},
             "train": {"steps": 10, "batch_size": 8, "optimizer": "adam", "lr": 0.001,
                       "eval_every": 5, "log_every": 2, "checkpoint_every": 5,
                       "eval_batch_size": 16}}

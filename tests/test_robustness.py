@@ -163,7 +163,7 @@ def test_source_only_run_accepts_a_target_smaller_than_a_batch(tmp_path, trees):
 
     src, _ = trees
     small = make_tree(tmp_path / "small", per_class=1)
-    cfg = from_dict(tiny_config(src, small, mmd={"weight": 0.0}, train={"batch_size": 8}))
+    cfg = from_dict(tiny_config(src, small, align={"mmd": {"weight": 0.0}}, train={"batch_size": 8}))
     data = prepare_data(cfg, tmp_path)
     assert len(data.target) == 3 and len(data.source_train) == 12
 
@@ -321,11 +321,16 @@ def test_corrupt_disk_cache_is_rebuilt(tmp_path, trees, caplog):
     ("model.freeze.depth=3", ["model.freeze.depth: unknown key"]),
     ('train.steps="ten"', ["train.steps: expected an integer, got \"ten\""]),
     ("data.skip_bad_files=1", ["data.skip_bad_files: expected true or false"]),
-    ("mmd.weight=-0.5", ["mmd.weight: expected a number >= 0"]),
+    ("align.mmd.weight=-0.5", ["align.mmd.weight: expected a number >= 0"]),
+    ("align.mcc.temperature=-1", ["align.mcc.temperature: expected a number > 0"]),
+    ("align.dan.layers=[\"nope\"]", ["align.dan.layers: expected layer names among features, "
+                                      "logits, softmax, pooled, adapt, got [\"nope\"]"]),
+    ("align.coarl.weight=1", ["align.coarl: unknown method (known: mmd,"]),
+    ("train.lr=Infinity", ["train.lr: expected finite numbers (no Infinity or NaN)"]),
     ("train.lr=0", ["train.lr: expected a number > 0, got 0"]),
     ("train.lr=-0.01", ["train.lr: expected a number > 0"]),
     ("train.batch_size=0", ["train.batch_size: expected an integer >= 1"]),
-    ("mmd.estimator=linear", ["train.batch_size: expected an even integer >= 2 for the "
+    ("align.mmd.estimator=linear", ["train.batch_size: expected an even integer >= 2 for the "
                               "linear estimator, got 5"]),
     ("model.backbone=resnet9000", ["model.backbone: expected one of lenet"]),
     ("train.optimizer=rmsprop", ["train.optimizer: expected one of sgd, adam"]),
@@ -339,7 +344,7 @@ def test_bad_config_is_one_clear_error(override, fragments, tmp_path, trees, cap
 
 
 def test_batch_too_small_for_unbiased_estimator(tmp_path, trees, capsys):
-    cfg = tiny_config(*trees, mmd={"estimator": "unbiased"}, train={"batch_size": 1})
+    cfg = tiny_config(*trees, align={"mmd": {"estimator": "unbiased"}}, train={"batch_size": 1})
     code, err = train(tmp_path, capsys, cfg)
     assert_clean_error(code, err, "train.batch_size: expected an integer >= 2 for the unbiased "
                                   "estimator, got 1")

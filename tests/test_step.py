@@ -1,11 +1,13 @@
-"""The training step: lambda = 0 is plain cross-entropy; frozen layers stay put; lr multiplier."""
+"""The training step: no term (or weight 0) is plain cross-entropy; frozen layers stay put; lr
+multiplier."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from ddc.config import FreezeConfig, MMDConfig, ModelConfig, TrainConfig
+from ddc.align import terms_for
+from ddc.config import FreezeConfig, ModelConfig, TrainConfig
 from ddc.models import apply_freeze, build_network
 from ddc.train.optim import make_optimizer
 from ddc.train.step import TrainStep
@@ -24,6 +26,10 @@ def _net(backbone="lenet", size=16, classes=3):
     return build_network(ModelConfig(backbone=backbone, adapt_width=8), (size, size, 3), classes, None)
 
 
+def _mmd(weight, width=8):
+    return terms_for({"mmd": {"weight": weight}}, feature_dim=width, num_classes=3)
+
+
 @pytest.mark.parametrize("use_target", [False, True])
 def test_lambda_zero_step_equals_plain_cross_entropy_sgd(use_target):
     net = _net()
@@ -32,10 +38,12 @@ def test_lambda_zero_step_equals_plain_cross_entropy_sgd(use_target):
     tcfg = TrainConfig(optimizer="sgd", lr=lr, momentum=mom)
     step_var = tf.Variable(0, dtype=tf.int64)
     opt = make_optimizer(tcfg, step_var, net.model.trainable_variables, [], 1.0, False)
-    step = TrainStep(net.model, opt, MMDConfig(weight=0.0), use_target=use_target)
+    # with the target through the network (an MMD term at weight 0) or not (no term)
+    step = TrainStep(net.model, opt, _mmd(1.0) if use_target else [])
+    assert step.use_target == use_target
     batches = [_batch(seed=s) for s in range(3)]
     for xs, ys, xt in batches:
-        step(xs, ys, xt, 0.0)
+        step(xs, ys, xt, [0.0] if use_target else [])
 
     # Reference: hand-written softmax cross-entropy and momentum SGD on a fresh copy.
     ref = _net()
@@ -61,13 +69,13 @@ def test_step_reports_the_mmd_it_trained_on():
     step_var = tf.Variable(0, dtype=tf.int64)
     opt = make_optimizer(TrainConfig(lr=1e-9), step_var, net.model.trainable_variables, [], 1.0,
                          False)
-    step = TrainStep(net.model, opt, MMDConfig(weight=1.0), use_target=True)
+    step = TrainStep(net.model, opt, _mmd(1.0))
     xs, ys, xt = _batch()
     _, feats = net.model(np.concatenate([xs, xt]), training=True)
     expected = float(mmd2(feats[:8], feats[8:]))
-    m = step(xs, ys, xt, 1.0)
+    m = step(xs, ys, xt, [1.0])
     assert expected > 0
-    np.testing.assert_allclose(float(m["mmd2"]), expected, rtol=1e-4)
+    np.testing.assert_allclose(float(m["align/mmd"]), expected, rtol=1e-4)
     np.testing.assert_allclose(float(m["total_loss"]), float(m["cls_loss"]) + expected, rtol=1e-4)
 
 
@@ -86,10 +94,10 @@ def test_frozen_layers_and_batchnorm_statistics_do_not_move():
     step_var = tf.Variable(0, dtype=tf.int64)
     opt = make_optimizer(TrainConfig(lr=0.05), step_var, net.model.trainable_variables, [], 1.0,
                          False)
-    step = TrainStep(net.model, opt, MMDConfig(weight=0.5), use_target=True)
+    step = TrainStep(net.model, opt, _mmd(0.5))
     for s in range(3):
         xs, ys, xt = _batch(size=32, seed=s)
-        step(xs, ys, xt, 0.5)
+        step(xs, ys, xt, [0.5])
     for w, b in zip(frozen_vars, before):
         np.testing.assert_array_equal(w.numpy(), b, err_msg=w.path)
     assert np.abs(free_bn.moving_mean.numpy() - free_before).max() > 1e-6  # the test can fail
@@ -107,7 +115,7 @@ def test_backbone_lr_multiplier_is_exact_for_sgd_and_adam():
             opt = make_optimizer(TrainConfig(optimizer=name, lr=0.01, momentum=0.0),
                                  tf.Variable(0, dtype=tf.int64), net.model.trainable_variables,
                                  bb, mult, False)
-            TrainStep(net.model, opt, MMDConfig(weight=0.0), use_target=False)(xs, ys, xt, 0.0)
+            TrainStep(net.model, opt)(xs, ys, xt)
             moves[mult] = ([v.numpy() - b for v, b in zip(bb, before)],
                            [v.numpy() - b for v, b in zip(net.head.trainable_variables, head_before)])
         for d1, d01 in zip(moves[1.0][0], moves[0.1][0]):

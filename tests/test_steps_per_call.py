@@ -37,7 +37,7 @@ def test_call_length_stops_at_every_boundary():
 
 @pytest.mark.parametrize("changes", [
     pytest.param({}, id="plain"),
-    pytest.param({"mmd": {"schedule": "warmup"}, "train": {"lr_schedule": "inv"}},
+    pytest.param({"align": {"mmd": {"schedule": "warmup"}}, "train": {"lr_schedule": "inv"}},
                  id="lambda_and_lr_schedules"),
     pytest.param({"model": {"dropout": 0.5}}, id="dropout"),
     pytest.param({"train": {"head_only_steps": 2, "optimizer": "sgd"}}, id="two_stage"),

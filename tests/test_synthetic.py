@@ -76,7 +76,9 @@ def test_demo_config_is_ddc_with_gaussian_biased_mmd():
     cfg = load(REPO / "configs" / "demo.json")
     assert cfg.data.source.synthetic == "shapes-plain"
     assert cfg.data.target.synthetic == "shapes-small"
-    assert cfg.mmd.weight > 0 and cfg.mmd.kernel == "gaussian" and cfg.mmd.estimator == "biased"
+    mmd = cfg.align["mmd"]
+    assert list(cfg.align) == ["mmd"]
+    assert mmd.weight > 0 and mmd.kernel == "gaussian" and mmd.estimator == "biased"
 
 
 TINY = ["data.source.max_per_class=4", "data.target.max_per_class=4", "data.image_size=12",
@@ -92,7 +94,7 @@ def test_demo_runs_both_methods(tmp_path, capsys):
         res = json.loads((tmp_path / "demo" / method / "results.json").read_text())
         cfg = json.loads((tmp_path / "demo" / method / "config.json").read_text())
         assert res["steps"] == 2 and 0.0 <= res["target_acc"] <= 1.0
-        assert (cfg["mmd"]["weight"] == 0) == (method == "source_only")
+        assert (cfg["align"] == {}) == (method == "source_only")
     table = format_table(rows)
     assert table.splitlines()[0].split()[:3] == ["method", "lambda", "seeds"]
     assert len(table.splitlines()) == 3 and "source_only" in table
@@ -105,8 +107,8 @@ def test_demo_runs_both_methods(tmp_path, capsys):
     # the CLI: a config without MMD is refused before any training, in one line
     bad = tmp_path / "bad.json"
     data = json.loads((REPO / "configs" / "demo.json").read_text())
-    data["mmd"]["weight"] = 0
+    data["align"]["mmd"]["weight"] = 0
     bad.write_text(json.dumps(data))
     assert demo_main(["--config", str(bad), "--workdir", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: mmd.weight")
+    assert err[-1].startswith("error: align: the demo compares")

@@ -40,10 +40,14 @@ def make_terms(align: dict, *, num_classes: int, seed: int) -> list:
             for i, (name, opts) in enumerate(active)]
 
 
-def network_layers(align: dict) -> tuple:
-    """The extra layer names the network must output for the active terms of a parsed
-    ``align`` mapping (sorted, no duplicates): build the network with them, then the terms."""
-    return tuple(sorted({n for t in make_terms(align, num_classes=0, seed=0) for n in t.layers()}))
+def network_layers(align_or_terms) -> tuple:
+    """The extra layer names the network must output (sorted, no duplicates) for a list of
+    terms, or for the active terms of a parsed ``align`` mapping (so the network can be built
+    before the terms, which need its feature width)."""
+    terms = align_or_terms
+    if isinstance(align_or_terms, dict):
+        terms = make_terms(align_or_terms, num_classes=0, seed=0)
+    return tuple(sorted({n for t in terms for n in t.layers()}))
 
 
 def active_classes(align: dict) -> list:
@@ -55,3 +59,13 @@ def needs_target(terms) -> bool:
     """Whether target batches must go through the network: some term (class or instance)
     needs them. The one rule for the data preparation, the input stream and the step."""
     return any(t.needs_target for t in terms)
+
+
+def terms_for(spec: dict, *, feature_dim: int, num_classes: int, seed: int = 0) -> list:
+    """Built terms from a plain ``align`` mapping (``{"mmd": {"weight": 1.0}}``), for using the
+    step without a whole config (tests, notebooks). Options are parsed as in a config."""
+    from ddc.config.parse import parse_align
+    terms = make_terms(parse_align({"align": spec}), num_classes=num_classes, seed=seed)
+    for term in terms:
+        term.build(feature_dim)
+    return terms

@@ -24,3 +24,14 @@ def positive_list(key: str, values) -> None:
 def widths(key: str, values) -> None:
     require(all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values),
             key, "a list of positive integers", values)
+
+
+def layer_names(key: str, names, cfg) -> None:
+    """``names`` are layers the network can output for a term (see ``StepInputs.layer``)."""
+    from ddc.align.base import BUILTIN_LAYERS
+    from ddc.models.net import head_layer_names
+    known = list(BUILTIN_LAYERS) + [n for n in head_layer_names(cfg.model) if n not in BUILTIN_LAYERS]
+    require(len(names) > 0 and all(isinstance(n, str) for n in names), key,
+            "a non-empty list of layer names", names)
+    for n in names:
+        require(n in known, key, f"layer names among {', '.join(known)}", names)

@@ -16,8 +16,7 @@ class JMMDOptions(TermOptions):
     multipliers: list = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
 
     def check(self, key, cfg):
-        _checks.require(len(self.layers) > 0 and all(isinstance(n, str) for n in self.layers),
-                        f"{key}.layers", "a non-empty list of layer names", self.layers)
+        _checks.layer_names(f"{key}.layers", self.layers, cfg)
         _checks.choice(f"{key}.estimator", self.estimator, ("biased", "unbiased"))
         _checks.positive_list(f"{key}.multipliers", self.multipliers)
         if self.estimator == "unbiased":

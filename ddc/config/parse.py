@@ -80,9 +80,10 @@ def _from_dict(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def _parse_align(data: dict) -> dict:
-    """``align`` (name -> options object) as each term's options dataclass; an old ``mmd``
-    block (weight > 0, default 0.25 as before) becomes ``align.mmd``."""
+def parse_align(data: dict) -> dict:
+    """``data["align"]`` (name -> options object) as each term's options dataclass; an old
+    ``mmd`` block (weight > 0, default 0.25 as before) becomes ``align.mmd``. Options are
+    parsed but not cross-checked (``validate`` does that)."""
     from ddc.align import REGISTRY, term_class
     if "mmd" in data:
         if "align" in data:
@@ -106,11 +107,16 @@ def from_dict(data: dict) -> Config:
     """Builds and validates a :class:`Config` from a (JSON) dict."""
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a JSON object, got {type(data).__name__}")
-    align = _parse_align(data)
+    align = parse_align(data)
     rest = {k: v for k, v in data.items() if k not in ("mmd", "align")}
     cfg = _from_dict(Config, rest)
     cfg.align = align
-    return validate(cfg)
+    try:
+        return validate(cfg)
+    except ConfigError as e:
+        if "mmd" in data and str(e).startswith("align.mmd."):  # name the key the file has
+            raise ConfigError(str(e)[len("align."):]) from None
+        raise
 
 
 def normalised(data: dict) -> dict | None:

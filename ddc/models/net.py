@@ -60,6 +60,14 @@ class Network:
         return int(self.backbone.output.shape[-1])
 
 
+def head_layer_names(cfg: ModelConfig) -> list[str]:
+    """The layers an alignment term can read by name: ``pooled`` (the head's input) and the
+    head's own layers, in order (as :func:`build_head` names them)."""
+    return (["pooled"] + (["head_hidden"] if cfg.head_hidden else [])
+            + (["head_dropout"] if cfg.dropout else []) + (["adapt"] if cfg.adapt_width else [])
+            + ["logits"])
+
+
 def build_head(cfg: ModelConfig, in_dim: int, num_classes: int, taps: tuple = ()) -> keras.Model:
     """``pooled [B, F] -> (logits [B, K] float32, features [B, A], *taps)``; ``taps`` names
     further outputs for alignment terms that read other layers (DAN, JAN): ``pooled`` or a
@@ -78,10 +86,9 @@ def build_head(cfg: ModelConfig, in_dim: int, num_classes: int, taps: tuple = ()
     model = keras.Model(inp, [logits, features], name="head")
     extra = []
     for name in taps:
-        known = ["pooled"] + [layer.name for layer in model.layers[1:]]
-        if name not in known:
+        if name not in head_layer_names(cfg):
             raise ConfigError(f"align: no layer {name!r} in the head to read (layers: "
-                              f"{', '.join(known)}, or features, logits, softmax)")
+                              f"{', '.join(head_layer_names(cfg))}, or features, softmax)")
         extra.append(inp if name == "pooled" else model.get_layer(name).output)
     return keras.Model(inp, [logits, features, *extra], name="head") if extra else model
 
