@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -12,6 +13,34 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 def _fail(msg: str, code: int = 2) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return code
+
+
+def answers_ctrl_c(message: str = "interrupted; nothing was changed"):
+    """Decorates an entry point so that Ctrl-C anywhere in it, imports included (TensorFlow
+    takes seconds to import), ends in one ``error:`` line and exit status 130, not a traceback.
+
+    Only the entry point's own imports are covered, so this module imports nothing heavy.
+    """
+    def wrap(main):
+        @functools.wraps(main)
+        def entry(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except KeyboardInterrupt:
+                return _fail(message, 130)
+        return entry
+    return wrap
+
+
+def _interrupted(workdir: str) -> str:
+    """The line for a Ctrl-C outside the training loop (data, model, the final report)."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if latest is None:
+        return "interrupted before training started; nothing was trained"
+    return (f"interrupted outside a training step; the latest checkpoint is {latest}; run the "
+            "same command to resume from it")
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -30,6 +59,7 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+@answers_ctrl_c("interrupted before training started; nothing was trained")
 def train_main(argv: list[str] | None = None) -> int:
     """``ddc-train``: exit 0 on success, 2 on bad config/data, 130 when interrupted."""
     args = train_parser().parse_args(argv)
@@ -48,8 +78,8 @@ def train_main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     except RunInterrupted as e:
         return _fail(str(e), 130)
-    except KeyboardInterrupt:  # before the training loop (decoding, model building)
-        return _fail("interrupted before training started; nothing was trained", 130)
+    except KeyboardInterrupt:  # outside the training loop (decoding, model building, report)
+        return _fail(_interrupted(workdir), 130)
     print(f"target accuracy: {results['target_acc']:.4f} "
           f"(mean per class {results['target_mean_class_acc']:.4f}); "
           f"source validation accuracy: {results['source_val_acc'] if results['source_val_acc'] is None else round(results['source_val_acc'], 4)}; "

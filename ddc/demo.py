@@ -16,6 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from ddc.cli import answers_ctrl_c  # imports nothing heavy
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.json"
 METHODS = ("ddc", "source_only")
 
@@ -115,6 +117,8 @@ def demo_parser() -> argparse.ArgumentParser:
     return p
 
 
+@answers_ctrl_c("interrupted outside a training step; run the same command to go on "
+                "from the checkpoints saved so far")
 def demo_main(argv: list[str] | None = None) -> int:
     """``ddc-demo``: exit 0 on success, 2 on a bad config, 130 when interrupted."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

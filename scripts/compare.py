@@ -6,7 +6,11 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ddc.report.cli import compare_main  # noqa: E402
+try:  # Ctrl-C in the milliseconds before the entry point answers it itself
+    from ddc.report.cli import compare_main
+except KeyboardInterrupt:
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(compare_main())

@@ -4,4 +4,9 @@ Nothing here trains or chooses a checkpoint by target labels: target labels are 
 score a model that was already chosen (see ``docs/EVALUATION.md``).
 """
 
-from ddc.report.runs import LoadedRun, load_run  # noqa: F401
+
+def __getattr__(name):  # lazy: ``import ddc.report.cli`` stays instant (Ctrl-C is answered there)
+    if name in ("LoadedRun", "load_run"):
+        from ddc.report import runs
+        return getattr(runs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
+from ddc.cli import answers_ctrl_c  # noqa: E402  (imports nothing heavy)
+
 
 def _fail(msg: str, code: int = 2) -> int:
     print(f"error: {msg}", file=sys.stderr)
@@ -76,6 +78,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
+@answers_ctrl_c("interrupted; the report may be incomplete")
 def evaluate_main(argv: list[str] | None = None) -> int:
     """``ddc-evaluate``: exit 0 on success, 2 on a bad run, checkpoint, data or argument."""
     args = evaluate_parser().parse_args(argv)
@@ -118,6 +121,7 @@ def predict_parser() -> argparse.ArgumentParser:
     return p
 
 
+@answers_ctrl_c("interrupted; no predictions written")
 def predict_main(argv: list[str] | None = None) -> int:
     """``ddc-predict``: exit 0 on success, 2 on a bad run, checkpoint or image."""
     args = predict_parser().parse_args(argv)
@@ -148,6 +152,7 @@ def compare_parser() -> argparse.ArgumentParser:
     return p
 
 
+@answers_ctrl_c("interrupted; no table written")
 def compare_main(argv: list[str] | None = None) -> int:
     """``ddc-compare``: exit 0 on success, 2 on a folder that is not a run."""
     args = compare_parser().parse_args(argv)

@@ -28,6 +28,8 @@ from ddc.train.distribute import distributed_stream, make_strategy, worker_index
 from ddc.train.evaluate import evaluate_arrays, extract_features
 from ddc.train.optim import make_optimizer, progress_lr
 from ddc.train.rundir import RunError, prepare_workdir, setup_logging, write_json_atomic
+from ddc.train.checkpoint_io import run_folder_error, save_checkpoint
+from ddc.train.rundir import attach_run_log, check_workdir, replaced_runs
 from ddc.train.step import TrainStep, predict_fn
 
 log = logging.getLogger(__name__)
@@ -213,8 +215,8 @@ def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Pat
         RunInterrupted: Ctrl-C; a checkpoint was saved.
     """
     workdir = Path(workdir)
-    resume = prepare_workdir(workdir, cfg.to_dict(), restart)
-    setup_logging(workdir)
+    check_workdir(workdir, cfg.to_dict(), restart)  # reads only: a refused workdir fails at once
+    setup_logging(None, buffer=True)  # into train.log once the run directory is made
     before = keras.mixed_precision.global_policy()
     try:
         keras.utils.set_random_seed(cfg.seed)
@@ -224,8 +226,21 @@ def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Pat
         cache_dir = Path(os.environ.get("DDC_CACHE_DIR", "~/.cache/ddc")).expanduser()
         data = prepare_data(cfg, data_root_from(data_root), cache_dir)
         wroot = Path(weights_root or os.environ.get("DDC_WEIGHTS_ROOT") or ".").expanduser()
-        run = _Run(cfg, workdir, data, wroot)
-        return _train(run, resume, report_images)
+        run = _Run(cfg, workdir, data, wroot)  # builds the network: checks the weights file
+        # every input was checked: only now is the run directory written (--restart moves the
+        # earlier run aside; the first checkpoint of this run deletes it)
+        resume = prepare_workdir(workdir, cfg.to_dict(), restart)
+        attach_run_log(workdir)
+        try:
+            return _train(run, resume, report_images)
+        except OSError as e:  # a full disk or lost permission while writing results, logs
+            err = run_folder_error(e, workdir, run.ckpt_dir)
+            if err is None:
+                raise
+            raise err from None
+        finally:
+            for old in replaced_runs(workdir):  # the new run saved no checkpoint yet
+                log.warning("the run replaced by --restart is kept in %s", old)
     finally:
         keras.mixed_precision.set_global_policy(before)
 
@@ -264,12 +279,12 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
     try:
         while step < t.steps:
             if stop.raised:
-                stage.manager.save(checkpoint_number=step)  # between steps: consistent
+                save_checkpoint(stage.manager, step)  # between steps: consistent
                 raise RunInterrupted(f"interrupted at step {step}; checkpoint saved in "
                                      f"{workdir / 'checkpoints'}; run the same command to resume")
             if head_only and step >= t.head_only_steps:
                 head_only = False
-                stage.manager.save(checkpoint_number=step)
+                save_checkpoint(stage.manager, step)
                 stage = _Stage(run, head_only=False)
             n = _call_length(t, step, head_only)
             lams = [lambda_at(cfg, s) for s in range(step, step + n)]
@@ -323,7 +338,7 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
                          "n/a" if rec["source_val_acc"] is None else f"{rec['source_val_acc']:.4f}",
                          rec["target_acc"])
             if step % t.checkpoint_every == 0 or step == t.steps:
-                stage.manager.save(checkpoint_number=step)
+                save_checkpoint(stage.manager, step)
     except KeyboardInterrupt:
         # a second Ctrl-C (or one outside the main thread's handler), possibly inside a step:
         # the weights may be ahead of the step counter, so nothing is saved now
