@@ -2,7 +2,8 @@
 
 ``run_demo`` trains the demo config (``configs/demo.json``: a LeNet from light shapes on dark
 backgrounds to the same shapes drawn smaller, see ``ddc/data/synthetic.py``) twice,
-with its MMD weight and with ``mmd.weight = 0``, in ``workdir/ddc`` and ``workdir/source_only``;
+with its alignment terms and with none (``align = {}``), in ``workdir/ddc`` and
+``workdir/source_only``;
 ``format_table`` prints the two results side by side (mean ± std when several seeds ran, each
 seed in ``workdir/seed<k>``). Everything else (data, training, run directories, results.json)
 is ``ddc.train.train_and_evaluate``'s.
@@ -29,17 +30,18 @@ def run_demo(workdir: str | Path = "runs/demo", *, config: str | Path = DEFAULT_
 
     Args:
         workdir: parent folder of the two run directories ``ddc`` and ``source_only``.
-        config: the JSON config (its ``mmd.weight`` must be > 0).
+        config: the JSON config (some ``align`` term must have a weight > 0).
         steps: overrides ``train.steps`` (tests run a few steps).
         overrides: more ``key.path=value`` overrides, as ``--set`` takes them.
         restart: start both runs over instead of resuming (or re-reading) earlier ones.
 
     Returns:
-        One row per method: ``method``, ``lambda``, ``workdir`` and the run's results.json
+        One row per method: ``method``, ``lambda`` (the sum of the active terms' weights),
+        ``workdir`` and the run's results.json
         entries (``target_acc``, ``target_mean_class_acc``, ``source_val_acc``, ...).
 
     Raises:
-        ConfigError: a bad config or override, or ``mmd.weight`` = 0 in the config.
+        ConfigError: a bad config or override, or no active term in the config.
         DataError, RunError, RunInterrupted: as ``train_and_evaluate`` raises them.
     """
     from ddc.config import ConfigError, load
@@ -47,17 +49,17 @@ def run_demo(workdir: str | Path = "runs/demo", *, config: str | Path = DEFAULT_
 
     sets = list(overrides or []) + ([f"train.steps={int(steps)}"] if steps is not None else [])
     cfg = load(config, sets)
-    if cfg.mmd.weight <= 0:
-        raise ConfigError(f"mmd.weight: the demo compares DDC with lambda = 0; expected a "
-                          f"number > 0 in {config}, got {cfg.mmd.weight}")
+    if not any(o.weight > 0 for o in cfg.align.values()):
+        raise ConfigError(f"align: the demo compares the config's alignment with none; expected "
+                          f"a term with weight > 0 in {config}, got {len(cfg.align)} active")
     rows = []
     for method in METHODS:
-        extra = [f"name={cfg.name}_{method}"] + (["mmd.weight=0"] if method == "source_only" else [])
+        extra = [f"name={cfg.name}_{method}"] + (["align={}"] if method == "source_only" else [])
         run_cfg = load(config, sets + extra)
         run_dir = Path(workdir) / method
         results = train_and_evaluate(run_cfg, run_dir, restart=restart)
-        rows.append({"method": method, "lambda": run_cfg.mmd.weight, "workdir": str(run_dir),
-                     **results})
+        rows.append({"method": method, "lambda": sum(o.weight for o in run_cfg.align.values()),
+                     "workdir": str(run_dir), **results})
     return rows
 
 

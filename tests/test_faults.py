@@ -27,7 +27,7 @@ from helpers_data import (REPO, assert_clean_error, cli_args, cli_env, make_tree
 # metrics of collapsed models would prove little.
 FAULT_TRAIN = {"steps": 200, "checkpoint_every": 10, "eval_every": 50, "log_every": 10,
                "keep_checkpoints": 3}
-FAULT_MMD = {"weight": 0.05}
+FAULT_ALIGN = {"mmd": {"weight": 0.05}}
 
 
 class Reference:
@@ -39,7 +39,7 @@ class Reference:
         tgt = make_tree(base / "tgt", seed=2, shift=30)
         self.config = write_config(base / "config.json",
                                    tiny_config(src, tgt, name="fault", train=FAULT_TRAIN,
-                                               mmd=FAULT_MMD))
+                                               align=FAULT_ALIGN))
         self.workdir = base / "reference"
         self._log = open(base / "reference.stderr", "w")
         self._proc = subprocess.Popen(cli_args(self.config, self.workdir), cwd=REPO,
@@ -259,22 +259,22 @@ def test_ctrl_c_inside_a_step_saves_a_consistent_checkpoint(tmp_path, trees, mon
     """SIGINT that arrives while step 4's update runs: the checkpoint holds 4 updates and step
     4 (never 4 updates under step 3), so the resumed run equals the uninterrupted one."""
     from ddc.config import from_dict
-    from ddc.train import RunInterrupted, loop, train_and_evaluate
+    from ddc.train import RunInterrupted, build, train_and_evaluate
 
     cfg = from_dict(tiny_config(*trees))
     full = train_and_evaluate(cfg, tmp_path / "full")
 
-    class SignalledStep(loop.TrainStep):
+    class SignalledStep(build.TrainStep):
         calls = 0
 
-        def __call__(self, *args):
-            out = super().__call__(*args)   # the update is applied ...
+        def __call__(self, *args, **kwargs):
+            out = super().__call__(*args, **kwargs)   # the update is applied ...
             SignalledStep.calls += 1
             if SignalledStep.calls == 4:
                 os.kill(os.getpid(), signal.SIGINT)   # ... and Ctrl-C comes before the loop sees it
             return out
 
-    monkeypatch.setattr(loop, "TrainStep", SignalledStep)
+    monkeypatch.setattr(build, "TrainStep", SignalledStep)
     try:
         with pytest.raises(RunInterrupted, match="interrupted at step 4"):
             train_and_evaluate(cfg, tmp_path / "run")
@@ -292,22 +292,22 @@ def test_second_ctrl_c_stops_at_once_and_saves_nothing(tmp_path, trees, monkeypa
     at once, and the checkpoint kept is an earlier, consistent one (step 3), not the weights
     of 5 updates under step 4."""
     from ddc.config import from_dict
-    from ddc.train import RunInterrupted, loop, train_and_evaluate
+    from ddc.train import RunInterrupted, build, train_and_evaluate
 
     cfg = from_dict(tiny_config(*trees, train={"checkpoint_every": 3}))
 
-    class TwiceSignalledStep(loop.TrainStep):
+    class TwiceSignalledStep(build.TrainStep):
         calls = 0
 
-        def __call__(self, *args):
-            out = super().__call__(*args)
+        def __call__(self, *args, **kwargs):
+            out = super().__call__(*args, **kwargs)
             TwiceSignalledStep.calls += 1
             if TwiceSignalledStep.calls == 5:
                 os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGINT)
             return out
 
-    monkeypatch.setattr(loop, "TrainStep", TwiceSignalledStep)
+    monkeypatch.setattr(build, "TrainStep", TwiceSignalledStep)
     try:
         with pytest.raises(RunInterrupted, match=r"stopped at once during step 5; nothing saved "
                                                  r"now; the latest checkpoint is .*ckpt-3"):

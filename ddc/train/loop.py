@@ -6,12 +6,8 @@ evaluation, TensorBoard, checkpoints, stage switches) lives here.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +15,7 @@ import keras
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from ddc.align import needs_target, network_layers
 from ddc.config import Config
 from ddc.data.prepare import RunData, data_root_from, prepare_data
 from ddc.models import apply_freeze, build_network, resolve_weights, variable_counts
@@ -26,82 +23,21 @@ from ddc.models.split import split_at_frozen_prefix
 from ddc.report.tb import log_run_summary
 from ddc.train.distribute import distributed_stream, make_strategy, worker_index
 from ddc.train.evaluate import evaluate_arrays, extract_features
-from ddc.train.optim import make_optimizer, progress_lr
+from ddc.train.history import InterruptFlag, read_history, write_history
+from ddc.train.keras_internals import seed_states
+from ddc.train.build import backbone_lr_mult, build_step, build_terms
+from ddc.train.optim import progress_lr
 from ddc.train.rundir import RunError, prepare_workdir, setup_logging, write_json_atomic
 from ddc.train.checkpoint_io import run_folder_error, save_checkpoint
 from ddc.train.rundir import attach_run_log, check_workdir, replaced_runs
-from ddc.train.step import TrainStep, predict_fn
+from ddc.train.schedules import progress_at, term_weights
+from ddc.train.step import predict_fn
 
 log = logging.getLogger(__name__)
 
 
 class RunInterrupted(RuntimeError):
     """Ctrl-C during training: a checkpoint was saved; the same command resumes."""
-
-
-def lambda_at(cfg: Config, step: int) -> float:
-    """The MMD weight at ``step``: constant, or the warm-up lambda * (2 / (1 + exp(-10 p)) - 1)."""
-    lam = cfg.mmd.weight
-    if cfg.mmd.schedule == "warmup":
-        p = min(step / cfg.train.steps, 1.0)
-        lam *= 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
-    return float(lam)
-
-
-def _read_history(path: Path) -> list[dict]:
-    """Eval records of earlier sessions of this run (a torn last line from a kill is ignored)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    """Rewrites the eval records whole under a temporary name, then renames: a kill leaves the
-    old or the new file, never a torn line (the file is small: one line per evaluation)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    os.replace(tmp, path)
-
-
-class _InterruptFlag:
-    """Turns the first Ctrl-C into a flag the loop checks between steps, so the checkpoint it
-    saves is consistent (the step counter and the weights agree); a second Ctrl-C interrupts at
-    once."""
-
-    def __init__(self):
-        self.raised = False
-        self._old = None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.raised:
-            raise KeyboardInterrupt
-        self.raised = True
-        log.warning("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)")
-
-    def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
-def seed_states(model: keras.Model) -> dict:
-    """The state variables of the model's Keras SeedGenerators (dropout masks), by layer name.
-
-    Keras 3 layers do not expose their SeedGenerators to ``tf.train.Checkpoint``; without this
-    a resumed run would redraw the dropout masks of an uninterrupted one from the start.
-    """
-    states = {}
-    for layer in model._flatten_layers(include_self=False):
-        for i, gen in enumerate(getattr(layer, "_seed_generators", None) or ()):
-            states[f"{layer.name}/{i}"] = gen.state
-    return states
 
 
 class _Stage:
@@ -118,13 +54,10 @@ class _Stage:
         else:
             apply_freeze(net.backbone, cfg.model.freeze)
         model = run.train_model
-        slow = list(net.backbone.trainable_variables)
-        with run.strategy.scope():
-            self.optimizer = make_optimizer(cfg.train, run.step_var, model.trainable_variables,
-                                            slow, run.backbone_lr_mult, run.loss_scale)
-        self.step = TrainStep(model, self.optimizer, cfg.mmd, use_target=run.use_target,
-                              loss_scale=run.loss_scale, jit_compile=cfg.train.jit_compile,
-                              strategy=run.strategy)
+        slow = net.backbone.trainable_variables
+        self.optimizer, self.step = build_step(cfg, model, net.backbone, run.terms, run.step_var,
+                                               lr_mult=run.backbone_lr_mult, taps=run.taps,
+                                               strategy=run.strategy)
         # the full network is saved in every mode, so any checkpoint restores a whole model
         # Each stage saves its optimizer under its own key: a main-stage restore from the
         # checkpoint written at the switch then starts a fresh optimizer, as the uninterrupted
@@ -132,6 +65,7 @@ class _Stage:
         opt_key = "head_optimizer" if head_only else "optimizer"
         ckpt = tf.train.Checkpoint(model=net.model, step=run.step_var,
                                    skipped_steps=run.skipped_var, rng=seed_states(net.model),
+                                   align={t.name: t.state() for t in run.terms},
                                    **{opt_key: self.optimizer})
         self.manager = tf.train.CheckpointManager(ckpt, str(run.ckpt_dir),
                                                   max_to_keep=cfg.train.keep_checkpoints)
@@ -149,29 +83,32 @@ class _Run:
         self.cfg, self.workdir, self.data = cfg, workdir, data
         t = cfg.train
         self.features_mode = cfg.mode == "features"
-        self.use_target = cfg.mmd.weight > 0
         self.loss_scale = t.precision == "mixed_float16"
         self.strategy = make_strategy(t.distribute)
         replicas = self.strategy.num_replicas_in_sync
         if t.batch_size % replicas:
             raise RunError(f"train.batch_size: {t.batch_size} is not a multiple of the "
                            f"{replicas} replicas of train.distribute={t.distribute}")
-        log.info("distribution: %s, %d replica(s), global batch %d + %d", t.distribute, replicas,
-                 t.batch_size, t.batch_size if self.use_target else 0)
         worker = worker_index() if t.distribute == "multi_worker" else None
         self.is_chief = worker is None
         self.ckpt_dir = workdir / ("checkpoints" if self.is_chief else f".worker{worker}")
         weights = resolve_weights(cfg.model.weights, weights_root)
         shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
+        classes = len(data.class_names)
+        self.taps = network_layers(cfg.align)  # layers terms read
         with self.strategy.scope():
-            self.net = build_network(cfg.model, shape, len(data.class_names), weights)
+            self.net = build_network(cfg.model, shape, classes, weights, self.taps)
+        self.terms = build_terms(cfg, self.net, classes, self.strategy)
+        self.use_target = needs_target(self.terms)
+        log.info("distribution: %s, %d replica(s), global batch %d + %d; alignment: %s",
+                 t.distribute, replicas, t.batch_size, t.batch_size if self.use_target else 0,
+                 ", ".join(f"{tm.name} (weight {tm.options.weight:g}, {tm.options.schedule})"
+                           for tm in self.terms) or "none (source only)")
+        with self.strategy.scope():
             self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.skipped_var = tf.Variable(0, dtype=tf.int64, trainable=False,
                                            name="skipped_steps")
-        if t.backbone_lr_mult is not None:
-            self.backbone_lr_mult = t.backbone_lr_mult
-        else:
-            self.backbone_lr_mult = 0.1 if weights is not None else 1.0
+        self.backbone_lr_mult = backbone_lr_mult(cfg, weights)
         if self.features_mode:
             apply_freeze(self.net.backbone, cfg.model.freeze)
             bottom, self.train_model, cut = split_at_frozen_prefix(self.net)
@@ -259,9 +196,9 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
         stage.checkpoint.restore(stage.manager.latest_checkpoint).expect_partial()
         log.info("resumed from %s at step %d", stage.manager.latest_checkpoint, start)
     history_path = workdir / "metrics.jsonl"
-    history = [h for h in _read_history(history_path) if h["step"] <= start]
+    history = [h for h in read_history(history_path) if h["step"] <= start]
     if run.is_chief and history_path.exists():  # drop records of steps that will be redone
-        _write_history(history_path, history)
+        write_history(history_path, history)
     writer = (tf.summary.create_file_writer(str(workdir / "tensorboard")) if run.is_chief
               else tf.summary.create_noop_writer())
     ds = distributed_stream(run.strategy, run.arrays["source_train"],
@@ -275,7 +212,7 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
     train_time, timed_steps = 0.0, 0
     pbar = tqdm(total=t.steps, initial=start, desc=cfg.name, unit="step", disable=None)
     step = start
-    stop = _InterruptFlag()
+    stop = InterruptFlag()
     try:
         while step < t.steps:
             if stop.raised:
@@ -287,15 +224,16 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
                 save_checkpoint(stage.manager, step)
                 stage = _Stage(run, head_only=False)
             n = _call_length(t, step, head_only)
-            lams = [lambda_at(cfg, s) for s in range(step, step + n)]
+            weights = [term_weights(run.terms, s, t.steps) for s in range(step, step + n)]
+            progress = [progress_at(s, t.steps) for s in range(step, step + n)]
             t0 = time.perf_counter()
             if t.steps_per_call == 1:
                 x_s, y_s, x_t = next(batches)
-                m = stage.step(x_s, y_s, x_t, lams[0])
+                m = stage.step(x_s, y_s, x_t, weights[0], progress[0], step)
                 run.step_var.assign_add(1)
                 flags, totals = [bool(m["finite"])], [m["total_loss"]]  # waits for the step
             else:  # n steps in one traced call, which also advances run.step_var
-                stacked = stage.step.steps(batches, lams, run.step_var)
+                stacked = stage.step.steps(batches, weights, progress, run.step_var)
                 flags, totals = stacked["finite"].numpy().tolist(), stacked["total_loss"]
                 m = {key: v[-1] for key, v in stacked.items()}  # the last step's
             first_step, step = step, step + n
@@ -315,21 +253,21 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
             pbar.update(n)
             if step % t.log_every == 0 or step == t.steps:
                 vals = {k: float(v) for k, v in m.items() if k != "finite"}
-                pbar.set_postfix(cls=f"{vals['cls_loss']:.3f}", mmd2=f"{vals['mmd2']:.4f}",
-                                 refresh=False)
+                pbar.set_postfix(cls=f"{vals['cls_loss']:.3f}", refresh=False,
+                                 **{tm.name: f"{vals['align/' + tm.name]:.4f}" for tm in run.terms})
                 with writer.as_default(step=step):
-                    for k in ("cls_loss", "mmd2", "total_loss", "source_acc", "feature_norm",
-                              "bandwidth_base"):
-                        tf.summary.scalar(f"train/{k}", vals[k])
+                    for k, v in vals.items():  # train/cls_loss, train/align/<name>[/<diag>], ...
+                        tf.summary.scalar(f"train/{k}", v)
                     tf.summary.scalar("train/skipped_steps", int(run.skipped_var.numpy()))
                     tf.summary.scalar("lr", float(progress_lr(t, step - 1)))
-                    tf.summary.scalar("lambda", lams[-1])
+                    for term, w in zip(run.terms, weights[-1]):
+                        tf.summary.scalar(f"lambda/{term.name}", w)
             if step % t.eval_every == 0 or step == t.steps:
                 last_report = run.evaluate(step)
                 rec = {k: v for k, v in last_report.items() if not k.startswith("_")}
                 history.append(rec)
                 if run.is_chief:
-                    _write_history(history_path, history)
+                    write_history(history_path, history)
                 with writer.as_default(step=step):
                     for k, v in rec.items():
                         if k != "step" and v is not None:
