@@ -15,126 +15,23 @@ import keras
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from ddc.align import needs_target, network_layers
 from ddc.config import Config
-from ddc.data.prepare import RunData, data_root_from, prepare_data
-from ddc.models import apply_freeze, build_network, resolve_weights, variable_counts
-from ddc.models.split import split_at_frozen_prefix
+from ddc.data.prepare import data_root_from, prepare_data
 from ddc.report.tb import log_run_summary
-from ddc.train.distribute import distributed_stream, make_strategy, worker_index
-from ddc.train.evaluate import evaluate_arrays, extract_features
-from ddc.train.history import InterruptFlag, read_history, write_history
-from ddc.train.keras_internals import seed_states
-from ddc.train.build import backbone_lr_mult, build_step, build_terms
-from ddc.train.optim import progress_lr
-from ddc.train.rundir import RunError, prepare_workdir, setup_logging, write_json_atomic
 from ddc.train.checkpoint_io import run_folder_error, save_checkpoint
-from ddc.train.rundir import attach_run_log, check_workdir, replaced_runs
+from ddc.train.distribute import distributed_stream
+from ddc.train.history import InterruptFlag, read_history, write_history
+from ddc.train.optim import progress_lr
+from ddc.train.run import Run, Stage
+from ddc.train.rundir import (RunError, attach_run_log, check_workdir, prepare_workdir,
+                              replaced_runs, setup_logging, write_json_atomic)
 from ddc.train.schedules import progress_at, term_weights
-from ddc.train.step import predict_fn
 
 log = logging.getLogger(__name__)
 
 
 class RunInterrupted(RuntimeError):
     """Ctrl-C during training: a checkpoint was saved; the same command resumes."""
-
-
-class _Stage:
-    """Trainability, optimizer, traced step and checkpoint of one training stage.
-
-    Two-stage finetuning (``train.head_only_steps``) rebuilds all four at the switch: the traced
-    step and the optimizer capture the trainable-variable list when built.
-    """
-
-    def __init__(self, run: "_Run", head_only: bool):
-        cfg, net = run.cfg, run.net
-        if head_only:
-            net.backbone.trainable = False
-        else:
-            apply_freeze(net.backbone, cfg.model.freeze)
-        model = run.train_model
-        slow = net.backbone.trainable_variables
-        self.optimizer, self.step = build_step(cfg, model, net.backbone, run.terms, run.step_var,
-                                               lr_mult=run.backbone_lr_mult, taps=run.taps,
-                                               strategy=run.strategy)
-        # the full network is saved in every mode, so any checkpoint restores a whole model
-        # Each stage saves its optimizer under its own key: a main-stage restore from the
-        # checkpoint written at the switch then starts a fresh optimizer, as the uninterrupted
-        # run does, instead of loading the head-only optimizer's slots by position.
-        opt_key = "head_optimizer" if head_only else "optimizer"
-        ckpt = tf.train.Checkpoint(model=net.model, step=run.step_var,
-                                   skipped_steps=run.skipped_var, rng=seed_states(net.model),
-                                   align={t.name: t.state() for t in run.terms},
-                                   **{opt_key: self.optimizer})
-        self.manager = tf.train.CheckpointManager(ckpt, str(run.ckpt_dir),
-                                                  max_to_keep=cfg.train.keep_checkpoints)
-        self.checkpoint = ckpt
-        counts = variable_counts(model)
-        log.info("stage %s: %d trainable variables (%d params), %d frozen (%d params)%s",
-                 "head only" if head_only else "main", counts["trainable_variables"],
-                 counts["trainable_params"], counts["frozen_variables"], counts["frozen_params"],
-                 f"; backbone lr x{run.backbone_lr_mult:g}" if slow else "")
-        self.counts = counts
-
-
-class _Run:
-    def __init__(self, cfg: Config, workdir: Path, data: RunData, weights_root: Path | None):
-        self.cfg, self.workdir, self.data = cfg, workdir, data
-        t = cfg.train
-        self.features_mode = cfg.mode == "features"
-        self.loss_scale = t.precision == "mixed_float16"
-        self.strategy = make_strategy(t.distribute)
-        replicas = self.strategy.num_replicas_in_sync
-        if t.batch_size % replicas:
-            raise RunError(f"train.batch_size: {t.batch_size} is not a multiple of the "
-                           f"{replicas} replicas of train.distribute={t.distribute}")
-        worker = worker_index() if t.distribute == "multi_worker" else None
-        self.is_chief = worker is None
-        self.ckpt_dir = workdir / ("checkpoints" if self.is_chief else f".worker{worker}")
-        weights = resolve_weights(cfg.model.weights, weights_root)
-        shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
-        classes = len(data.class_names)
-        self.taps = network_layers(cfg.align)  # layers terms read
-        with self.strategy.scope():
-            self.net = build_network(cfg.model, shape, classes, weights, self.taps)
-        self.terms = build_terms(cfg, self.net, classes, self.strategy)
-        self.use_target = needs_target(self.terms)
-        log.info("distribution: %s, %d replica(s), global batch %d + %d; alignment: %s",
-                 t.distribute, replicas, t.batch_size, t.batch_size if self.use_target else 0,
-                 ", ".join(f"{tm.name} (weight {tm.options.weight:g}, {tm.options.schedule})"
-                           for tm in self.terms) or "none (source only)")
-        with self.strategy.scope():
-            self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.skipped_var = tf.Variable(0, dtype=tf.int64, trainable=False,
-                                           name="skipped_steps")
-        self.backbone_lr_mult = backbone_lr_mult(cfg, weights)
-        if self.features_mode:
-            apply_freeze(self.net.backbone, cfg.model.freeze)
-            bottom, self.train_model, cut = split_at_frozen_prefix(self.net)
-            log.info("feature-extractor mode: caching the output of %s", cut)
-            self.arrays = {k: extract_features(bottom, self.net.preprocess, getattr(data, k).images,
-                                               t.eval_batch_size, desc=k)
-                           for k in ("source_train", "source_val", "target")}
-        else:
-            self.train_model = self.net.model
-            self.arrays = {k: getattr(data, k).images for k in ("source_train", "source_val", "target")}
-        self.predict = predict_fn(self.train_model, t.jit_compile)
-
-    def evaluate(self, step: int) -> dict:
-        names = self.data.class_names
-        t = self.cfg.train
-        val = (evaluate_arrays(self.predict, self.arrays["source_val"], self.data.source_val.labels,
-                               names, t.eval_batch_size) if len(self.data.source_val) else None)
-        tgt = evaluate_arrays(self.predict, self.arrays["target"], self.data.target.labels, names,
-                              t.eval_batch_size)
-        return {"step": step,
-                "source_val_acc": val["accuracy"] if val else None,
-                "source_val_mean_class_acc": val["mean_class_accuracy"] if val else None,
-                "target_entropy": tgt["entropy"],
-                "target_acc": tgt["accuracy"],
-                "target_mean_class_acc": tgt["mean_class_accuracy"],
-                "_target_report": tgt}
 
 
 def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Path | None = None,
@@ -163,7 +60,7 @@ def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Pat
         cache_dir = Path(os.environ.get("DDC_CACHE_DIR", "~/.cache/ddc")).expanduser()
         data = prepare_data(cfg, data_root_from(data_root), cache_dir)
         wroot = Path(weights_root or os.environ.get("DDC_WEIGHTS_ROOT") or ".").expanduser()
-        run = _Run(cfg, workdir, data, wroot)  # builds the network: checks the weights file
+        run = Run(cfg, workdir, data, wroot)  # builds the network: checks the weights file
         # every input was checked: only now is the run directory written (--restart moves the
         # earlier run aside; the first checkpoint of this run deletes it)
         resume = prepare_workdir(workdir, cfg.to_dict(), restart)
@@ -187,11 +84,11 @@ def _saved_step(manager_dir: Path) -> int:
     return int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")) if latest else 0
 
 
-def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
+def _train(run: Run, resume: bool, report_images: bool = False) -> dict:
     cfg, t, workdir = run.cfg, run.cfg.train, run.workdir
     start = _saved_step(run.ckpt_dir) if resume else 0
     head_only = start < t.head_only_steps
-    stage = _Stage(run, head_only)
+    stage = Stage(run, head_only)
     if start:
         stage.checkpoint.restore(stage.manager.latest_checkpoint).expect_partial()
         log.info("resumed from %s at step %d", stage.manager.latest_checkpoint, start)
@@ -222,7 +119,7 @@ def _train(run: _Run, resume: bool, report_images: bool = False) -> dict:
             if head_only and step >= t.head_only_steps:
                 head_only = False
                 save_checkpoint(stage.manager, step)
-                stage = _Stage(run, head_only=False)
+                stage = Stage(run, head_only=False)
             n = _call_length(t, step, head_only)
             weights = [term_weights(run.terms, s, t.steps) for s in range(step, step + n)]
             progress = [progress_at(s, t.steps) for s in range(step, step + n)]
@@ -312,7 +209,7 @@ def _call_length(t, step: int, head_only: bool) -> int:
     return max(1, min(t.steps_per_call, min(ends) - step))
 
 
-def _results(run: _Run, history: list, final: dict, stage: _Stage, ips, wall: float) -> dict:
+def _results(run: Run, history: list, final: dict, stage: Stage, ips, wall: float) -> dict:
     tgt = final["_target_report"]
     vals = [h for h in history if h.get("source_val_acc") is not None]
     best = max(vals, key=lambda h: (h["source_val_acc"], h["step"])) if vals else None
