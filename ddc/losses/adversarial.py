@@ -41,14 +41,17 @@ def grl_warmup(progress) -> tf.Tensor:
 
 def binary_domain_loss(d_s, d_t, w_s=None, w_t=None) -> tf.Tensor:
     """Binary cross-entropy of domain logits, source labelled 1 and target 0, averaged over
-    both batches: ``(sum_i w_i BCE(d_s,i, 1) + sum_j w_j BCE(d_t,j, 0)) / (n + m)``; the
-    weights default to 1. ``d_s`` [n] or [n, 1], ``d_t`` [m] or [m, 1] logits; float32."""
+    both batches: ``(sum_i w_i BCE(d_s,i, 1) + sum_j w_j BCE(d_t,j, 0)) / (n + m)``; each
+    side's weights default to 1. ``d_s`` [n] or [n, 1], ``d_t`` [m] or [m, 1] logits, weights
+    [n] / [m] (or [n, 1] / [m, 1]); float32."""
     d_s = tf.reshape(tf.cast(d_s, tf.float32), [-1])
     d_t = tf.reshape(tf.cast(d_t, tf.float32), [-1])
     l_s = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(d_s), logits=d_s)
     l_t = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(d_t), logits=d_t)
     if w_s is not None:
-        l_s, l_t = l_s * w_s, l_t * w_t
+        l_s = l_s * tf.reshape(tf.cast(w_s, tf.float32), [-1])
+    if w_t is not None:
+        l_t = l_t * tf.reshape(tf.cast(w_t, tf.float32), [-1])
     total = tf.cast(tf.size(d_s) + tf.size(d_t), tf.float32)
     return (tf.reduce_sum(l_s) + tf.reduce_sum(l_t)) / total
 
@@ -73,6 +76,7 @@ def randomized_multilinear_map(f, g, r_f, r_g) -> tf.Tensor:
     g [B, K], fixed random R_f [d, r] and R_g [K, r] -> [B, r]. Its inner products approximate
     those of the full map in expectation (R's entries of unit variance)."""
     f, g = tf.cast(f, tf.float32), tf.cast(g, tf.float32)
+    r_f, r_g = tf.cast(r_f, tf.float32), tf.cast(r_g, tf.float32)
     r = r_f.shape[-1]
     return tf.matmul(f, r_f) * tf.matmul(g, r_g) / math.sqrt(r)
 

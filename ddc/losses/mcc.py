@@ -24,7 +24,7 @@ def mcc(logits, temperature: float = 2.5) -> tf.Tensor:
       temperature: T > 0 (the paper's 2.5).
 
     Returns:
-      A float32 scalar in [0, K - 1) / K.
+      A float32 scalar in [0, (K - 1) / K] ((K - 1) / K for uniform predictions).
     """
     if not temperature > 0:
         raise ValueError(f"mcc: temperature must be > 0; got {temperature}")

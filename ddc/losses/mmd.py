@@ -227,6 +227,12 @@ def jmmd(layers_s: Sequence, layers_t: Sequence, *, estimator: str = "biased",
     if not layers_s or len(layers_s) != len(layers_t):
         raise ValueError(f"jmmd: need the same number (>= 1) of source and target layers; got "
                          f"{len(layers_s)} and {len(layers_t)}")
+    n_s = {tf.convert_to_tensor(f).shape[0] for f in layers_s} - {None}
+    n_t = {tf.convert_to_tensor(f).shape[0] for f in layers_t} - {None}
+    if len(n_s) > 1 or len(n_t) > 1:
+        raise ValueError(f"jmmd: every layer needs the same batch; got source shapes "
+                         f"{[tf.convert_to_tensor(f).shape for f in layers_s]} and target shapes "
+                         f"{[tf.convert_to_tensor(f).shape for f in layers_t]}")
     k = None
     for f_s, f_t in zip(layers_s, layers_t):
         f_s = tf.cast(tf.convert_to_tensor(f_s), tf.float32)
