@@ -1,7 +1,7 @@
 """Tiny generated image trees and files, good and bad, and a runner for the real CLI.
 
 Shared by the robustness and fault tests. Everything is written under a test's ``tmp_path``;
-nothing here reads ``/work/shared``.
+nothing here reads ``../shared``.
 """
 
 from __future__ import annotations
