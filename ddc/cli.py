@@ -72,8 +72,10 @@ def train_main(argv: list[str] | None = None) -> int:
     from ddc.train import RunError, RunInterrupted, train_and_evaluate
     workdir = args.workdir or os.path.join("runs", cfg.name)
     try:
-        results = train_and_evaluate(cfg, workdir, report_images=True, data_root=args.data_root,
+        results = train_and_evaluate(cfg, workdir, data_root=args.data_root,
                                      weights_root=args.weights_root, restart=args.restart)
+        from ddc.report.tb import write_report_images  # the pictures: here, not in training
+        write_report_images(workdir, results)
     except (ConfigError, DataError, RunError) as e:
         return _fail(str(e))
     except RunInterrupted as e:

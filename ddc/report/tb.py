@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ddc.config.flatten import flatten_config  # noqa: F401  (its home is ddc.config)
+from ddc.train.summaries import FINAL_METRICS, write_hparams  # noqa: F401
+
 log = logging.getLogger(__name__)
 
-# Final numbers from results.json shown as metrics in the HParams dashboard.
-FINAL_METRICS = ("target_acc", "target_mean_class_acc", "target_macro_f1", "source_val_acc",
-                 "best_source_val_acc", "target_acc_at_best_source_val", "target_entropy",
-                 "wall_time_s", "images_per_s")
 
 
 def read_scalars(logdir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -80,26 +79,6 @@ def read_run_scalars(workdir: str | Path) -> dict[str, tuple[np.ndarray, np.ndar
     return out
 
 
-def flatten_config(cfg: dict, prefix: str = "") -> dict:
-    """Dotted keys to scalar values: lists and dicts as JSON text, None as "null"."""
-    out = {}
-    for k, v in cfg.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v and key not in _OPAQUE:
-            out.update(flatten_config(v, key))
-        elif v is None:
-            out[key] = "null"
-        elif isinstance(v, (bool, int, float, str)):
-            out[key] = v
-        else:
-            out[key] = json.dumps(v, sort_keys=True)
-    return out
-
-
-# Free-form maps: one value (JSON text), not one hyperparameter per class name.
-_OPAQUE = {"data.source.class_map", "data.target.class_map"}
-
-
 def write_images(logdir: str | Path, images: dict, step: int) -> None:
     """Writes PNG files as TensorBoard images: ``images`` maps a tag to a PNG path."""
     import tensorflow as tf
@@ -114,38 +93,21 @@ def write_images(logdir: str | Path, images: dict, step: int) -> None:
 
 def log_run_summary(workdir: str | Path, cfg_dict: dict, results: dict, *,
                     images: bool = True) -> None:
-    """End-of-run TensorBoard summary of a run: hyperparameters and final metrics for the
-    HParams dashboard, and the learning curves as an image.
+    """End-of-run TensorBoard summary of a run: the HParams and final metrics (which training
+    writes itself, ``ddc.train.summaries.write_hparams``) and, with ``images``, the pictures
+    of :func:`write_report_images`."""
+    write_hparams(workdir, cfg_dict, results)
+    if images:
+        write_report_images(workdir, results)
 
-    The hyperparameters are the run's config flattened to dotted keys; the metrics are
-    ``final/<key>`` scalars for the keys of :data:`FINAL_METRICS` found in ``results``. With
-    ``results["target_confusion"]`` ([K, K] counts, row = true class) the target confusion
-    matrix is drawn too.
 
-    Args:
-        workdir: the run directory (summaries go to ``workdir/tensorboard``).
-        cfg_dict: the resolved config as a dict (``cfg.to_dict()``).
-        results: the dict written to ``results.json``.
-        images: also draw the learning curves and the confusion matrix (matplotlib, about a
-            second) into ``workdir/eval`` and TensorBoard.
-    """
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hp
-
+def write_report_images(workdir: str | Path, results: dict) -> None:
+    """The learning curves and, with ``results["target_confusion"]`` ([K, K] counts, row = true
+    class), the target confusion matrix, as PNGs in ``workdir/eval`` and as TensorBoard images
+    (matplotlib, about a second). The CLI calls it after training; a plotting failure only
+    warns: it must not fail a finished run."""
     workdir = Path(workdir)
-    logdir = workdir / "tensorboard"
     step = int(results.get("steps") or 0)
-    writer = tf.summary.create_file_writer(str(logdir))
-    with writer.as_default(step=step):
-        hp.hparams(flatten_config(cfg_dict), trial_id=str(workdir.resolve()))
-        for key in FINAL_METRICS:
-            v = results.get(key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
-                tf.summary.scalar(f"final/{key}", float(v), step=step)
-    writer.close()
-    if not images:
-        return
-    # The pictures are a convenience: a plotting failure must not fail a finished run.
     try:
         from ddc.report.plots import plot_confusion, plot_learning_curves
 
@@ -158,6 +120,6 @@ def log_run_summary(workdir: str | Path, cfg_dict: dict, results: dict, *,
             images["report/target_confusion"] = plot_confusion(
                 np.asarray(cm), results["classes"], out / "target_confusion.png",
                 title=f"{workdir.name}: target, step {step}")
-        write_images(logdir, images, step)
+        write_images(workdir / "tensorboard", images, step)
     except Exception as e:  # noqa: BLE001
         log.warning("report images not written to TensorBoard: %s", e)

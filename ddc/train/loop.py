@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from ddc.config import Config
 from ddc.data.prepare import data_root_from, prepare_data
-from ddc.report.tb import log_run_summary
 from ddc.train.checkpoint_io import run_folder_error, save_checkpoint
 from ddc.train.distribute import distributed_stream
 from ddc.train.history import InterruptFlag, read_history, write_history
@@ -26,6 +25,7 @@ from ddc.train.run import Run, Stage
 from ddc.train.rundir import (RunError, attach_run_log, check_workdir, prepare_workdir,
                               replaced_runs, setup_logging, write_json_atomic)
 from ddc.train.schedules import progress_at, term_weights
+from ddc.train.summaries import write_hparams
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,13 @@ class RunInterrupted(RuntimeError):
 
 
 def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Path | None = None,
-                       weights_root: str | Path | None = None, restart: bool = False,
-                       report_images: bool = False) -> dict:
+                       weights_root: str | Path | None = None, restart: bool = False) -> dict:
     """Trains as ``cfg`` says in ``workdir`` (resuming a run of the same config there) and
     returns the results also written to ``workdir/results.json``.
 
-    At the end the config and final metrics go to TensorBoard's HParams dashboard; with
-    ``report_images`` (the CLI sets it) the learning curves and the target confusion matrix
-    are drawn too, as PNGs in ``workdir/eval`` and as TensorBoard images.
+    At the end the config and final metrics go to TensorBoard's HParams dashboard. Pictures
+    (learning curves, confusion matrix) are the report's: the CLI draws them afterwards
+    (``ddc.report.tb.write_report_images``).
 
     Raises:
         ConfigError, DataError, RunError: before training, naming the key, file or folder.
@@ -66,7 +65,7 @@ def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Pat
         resume = prepare_workdir(workdir, cfg.to_dict(), restart)
         attach_run_log(workdir)
         try:
-            return _train(run, resume, report_images)
+            return _train(run, resume)
         except OSError as e:  # a full disk or lost permission while writing results, logs
             err = run_folder_error(e, workdir, run.ckpt_dir)
             if err is None:
@@ -84,7 +83,7 @@ def _saved_step(manager_dir: Path) -> int:
     return int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")) if latest else 0
 
 
-def _train(run: Run, resume: bool, report_images: bool = False) -> dict:
+def _train(run: Run, resume: bool) -> dict:
     cfg, t, workdir = run.cfg, run.cfg.train, run.workdir
     start = _saved_step(run.ckpt_dir) if resume else 0
     head_only = start < t.head_only_steps
@@ -191,7 +190,7 @@ def _train(run: Run, resume: bool, report_images: bool = False) -> dict:
     results = _results(run, history, last_report, stage, ips, time.time() - t_begin)
     if run.is_chief:
         write_json_atomic(workdir / "results.json", results)
-        log_run_summary(workdir, run.cfg.to_dict(), results, images=report_images)
+        write_hparams(workdir, run.cfg.to_dict(), results)
     log.info("done: target acc %.4f (mean per class %.4f); results in %s", results["target_acc"],
              results["target_mean_class_acc"], workdir / "results.json")
     return results

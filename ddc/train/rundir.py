@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from ddc.config.flatten import flatten_config
+
 log = logging.getLogger(__name__)
 
 # what a run writes into its directory: moved aside as a whole by --restart
@@ -96,8 +98,8 @@ def check_workdir(workdir: Path, config: dict, restart: bool) -> bool:
         raise RunError(f"{cfg_path}: cannot read the config of the run there ({e}); use "
                        "--restart to start over there, or another --workdir") from None
     if old != json.loads(json.dumps(config)) and trained:
-        diff = sorted(k for k in _flatten(old).keys() | _flatten(config).keys()
-                      if _flatten(old).get(k) != _flatten(config).get(k))
+        diff = sorted(k for k in flatten_config(old).keys() | flatten_config(config).keys()
+                      if flatten_config(old).get(k) != flatten_config(config).get(k))
         raise RunError(f"{workdir} holds a run of a different config (differs in "
                        f"{', '.join(diff[:5])}); use --restart to start over there, or "
                        "another --workdir")
@@ -204,17 +206,6 @@ def drop_replaced(workdir: Path) -> None:
 def _has_checkpoint(ckpt_dir: Path) -> bool:
     """A checkpoint was recorded (the state file is written after the checkpoint's files)."""
     return (ckpt_dir / "checkpoint").is_file()
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key))
-        else:
-            out[key] = json.dumps(v, sort_keys=True)
-    return out
 
 
 def detach_logging() -> None:
