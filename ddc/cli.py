@@ -3,11 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
+import re
 import sys
+import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+# TensorFlow's C++ logging: quiet unless the user asked for it. On a machine without a GPU it
+# prints "failed call to cuInit: ... UNKNOWN ERROR (303)" at ERROR level, which reads as a fault.
+USER_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
+# start-up lines TensorFlow writes before its logging is set up (no level applies to them)
+_STARTUP_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)"
+                            r"|I0000 .*(cudart_stub|cpu_feature_guard)\.cc"
+                            r"|To enable the following instructions: )")
+
+
+@contextlib.contextmanager
+def _quiet_startup():
+    """Captures file descriptor 2 while TensorFlow imports and gives back every line but its
+    CPU-only start-up notices ("Could not find cuda drivers", CPU instruction sets). With
+    ``TF_CPP_MIN_LOG_LEVEL`` set by the user nothing is hidden."""
+    if USER_TF_LOG_LEVEL:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines = tmp.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not _STARTUP_NOISE.match(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its start-up notices hidden (see ``_quiet_startup``)."""
+    with _quiet_startup():
+        import tensorflow  # noqa: F401
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -15,9 +57,11 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
-def answers_ctrl_c(message: str = "interrupted; nothing was changed"):
+def answers_ctrl_c(message: str = "interrupted; nothing was changed", *,
+                   tensorflow: bool = True):
     """Decorates an entry point so that Ctrl-C anywhere in it, imports included (TensorFlow
-    takes seconds to import), ends in one ``error:`` line and exit status 130, not a traceback.
+    takes seconds to import), ends in one ``error:`` line and exit status 130, not a traceback;
+    with ``tensorflow``, TensorFlow is imported first, quietly (``import_tensorflow_quietly``).
 
     Only the entry point's own imports are covered, so this module imports nothing heavy.
     """
@@ -25,6 +69,8 @@ def answers_ctrl_c(message: str = "interrupted; nothing was changed"):
         @functools.wraps(main)
         def entry(argv: list[str] | None = None) -> int:
             try:
+                if tensorflow:
+                    import_tensorflow_quietly()
                 return main(argv)
             except KeyboardInterrupt:
                 return _fail(message, 130)

@@ -12,7 +12,6 @@ is ``ddc.train.train_and_evaluate``'s.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -123,7 +122,6 @@ def demo_parser() -> argparse.ArgumentParser:
                 "from the checkpoints saved so far")
 def demo_main(argv: list[str] | None = None) -> int:
     """``ddc-demo``: exit 0 on success, 2 on a bad config, 130 when interrupted."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = demo_parser().parse_args(argv)
     from ddc.config import ConfigError
     from ddc.data.images import DataError

@@ -112,3 +112,21 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, tiny_trees, monk
         assert resumed[key] == full[key], key
     log = (tmp_path / "resumed" / "train.log").read_text()
     assert "resumed from" in log and "at step 3" in log
+
+
+def test_cli_on_a_cpu_machine_prints_only_its_own_lines(tmp_path):
+    """TensorFlow's C++ start-up notices ("Could not find cuda drivers", "failed call to
+    cuInit ... (303)") are hidden unless the user set TF_CPP_MIN_LOG_LEVEL: a config error is
+    the one line the user sees."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(REPO)
+    bad = tmp_path / "c.json"
+    bad.write_text(json.dumps({"train": {"lrr": 1}}))
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "train_ddc.py"), "--config",
+                        str(bad)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["error: train.lrr: unknown key (known keys: backbone_lr_mult, "
+                                     "batch_size, checkpoint_every, distribute, eval_batch_size, "
+                                     "eval_every, head_only_steps, jit_compile, keep_checkpoints, "
+                                     "log_every, lr, lr_schedule, momentum, optimizer, precision, "
+                                     "steps, steps_per_call, weight_decay)"], r.stderr

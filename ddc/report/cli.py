@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
 from ddc.cli import answers_ctrl_c  # noqa: E402  (imports nothing heavy)
 
@@ -152,7 +150,7 @@ def compare_parser() -> argparse.ArgumentParser:
     return p
 
 
-@answers_ctrl_c("interrupted; no table written")
+@answers_ctrl_c("interrupted; no table written", tensorflow=False)
 def compare_main(argv: list[str] | None = None) -> int:
     """``ddc-compare``: exit 0 on success, 2 on a folder that is not a run."""
     args = compare_parser().parse_args(argv)

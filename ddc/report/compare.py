@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ddc.report.runs import ReportError, read_json
-from ddc.report.tb import flatten_config
+from ddc.config.flatten import flatten_config
 
 RESULT_COLUMNS = (("target_acc", "target acc"), ("target_mean_class_acc", "mean per-class acc"),
                   ("best_source_val_acc", "best source val acc"), ("steps", "steps"),

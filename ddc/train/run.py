@@ -83,7 +83,9 @@ class Run:
             self.net = build_network(cfg.model, shape, classes, weights, self.taps)
         self.terms = build_terms(cfg, self.net, classes, self.strategy)
         self.use_target = needs_target(self.terms)
-        log.info("distribution: %s, %d replica(s), global batch %d + %d; alignment: %s",
+        gpus = tf.config.list_logical_devices("GPU")
+        log.info("devices: %s; distribution: %s, %d replica(s), global batch %d + %d; "
+                 "alignment: %s", f"{len(gpus)} GPU(s)" if gpus else "CPU only (no GPU found)",
                  t.distribute, replicas, t.batch_size, t.batch_size if self.use_target else 0,
                  ", ".join(f"{tm.name} (weight {tm.options.weight:g}, {tm.options.schedule})"
                            for tm in self.terms) or "none (source only)")
