@@ -370,8 +370,8 @@ def test_missing_weights_file(tmp_path, trees, capsys):
     cfg = tiny_config(*trees, model={"backbone": "mobilenet_v2", "weights": "no/such.h5"},
                       data={"image_size": 32})
     code, err = train(tmp_path, capsys, cfg, "--weights-root", str(tmp_path))
-    assert_clean_error(code, err, "model.weights: weights file not found:",
-                       str(tmp_path / "no" / "such.h5"))
+    assert_clean_error(code, err, "model.weights: weights file for backbone mobilenet_v2 not "
+                       "found:", str(tmp_path / "no" / "such.h5"))
 
 
 def test_weights_for_a_scratch_backbone(tmp_path, trees, capsys):

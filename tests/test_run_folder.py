@@ -67,7 +67,7 @@ def test_restart_with_a_mistyped_argument_keeps_the_finished_run(tmp_path, trees
     weights = tiny_config(*trees, model={"backbone": "mobilenet_v2", "weights": "no/such.h5"},
                           data={"image_size": 32})
     code, err = train(tmp_path, capsys, weights, "--restart", "--weights-root", str(tmp_path))
-    assert_clean_error(code, err, "model.weights: weights file not found")
+    assert_clean_error(code, err, "model.weights: weights file for backbone mobilenet_v2 not found")
     assert snapshot(tmp_path / "run") == files
     code, err = train(tmp_path, capsys, tiny_config(*trees), "--restart", "--set", "train.lrr=1")
     assert_clean_error(code, err, "train.lrr: unknown key")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ddc import paths
 from ddc.align import active_classes, needs_target
 from ddc.config import Config
 from ddc.data.align import align_domains, shared_classes, stratified_split
@@ -28,7 +28,7 @@ class RunData:
 
 def data_root_from(arg: str | None) -> Path:
     """The data root: ``--data-root``, else ``$DDC_DATA_ROOT``, else ``./data``."""
-    return Path(arg or os.environ.get("DDC_DATA_ROOT") or "data").expanduser()
+    return paths.data_root(arg)
 
 
 def prepare_data(cfg: Config, data_root: Path, cache_dir: Path | None = None) -> RunData:

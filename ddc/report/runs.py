@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ddc import paths
 from ddc.config import Config, ConfigError, DomainConfig, from_dict
 from ddc.data.domains import Domain, load_domain
 from ddc.data.images import DataError
@@ -139,7 +139,7 @@ def resolve_checkpoint(workdir: Path, which, results: dict | None) -> tuple[str 
 
 
 def _weights_root(weights_root) -> Path:
-    return Path(weights_root or os.environ.get("DDC_WEIGHTS_ROOT") or ".").expanduser()
+    return paths.weights_root(weights_root)
 
 
 def load_run(workdir: str | Path, checkpoint=None, *, weights_root: str | Path | None = None,
@@ -165,7 +165,7 @@ def load_run(workdir: str | Path, checkpoint=None, *, weights_root: str | Path |
     # "init", and the run's seed gives the initial head the run drew.
     weights = None
     if path is None:
-        weights = resolve_weights(cfg.model.weights, _weights_root(weights_root))
+        weights = resolve_weights(cfg.model.weights, _weights_root(weights_root), cfg.model.backbone)
         keras.utils.set_random_seed(cfg.seed)
     net = build_network(cfg.model, (cfg.data.image_size,) * 2 + (cfg.data.channels,),
                         len(class_names), weights)
@@ -196,8 +196,7 @@ def _load(cfg: Config, dom: DomainConfig, key: str, data_root) -> Domain:
     from ddc.data.prepare import data_root_from
 
     d = cfg.data
-    cache_dir = Path(d.cache_dir) if d.cache_dir else \
-        Path(os.environ.get("DDC_CACHE_DIR", "~/.cache/ddc")).expanduser()
+    cache_dir = paths.cache_dir(d.cache_dir)
     domain = load_domain(dom, key, data_root_from(data_root), d.image_size, d.channels,
                          cache=d.cache, cache_dir=cache_dir, workers=d.decode_workers,
                          skip_bad=d.skip_bad_files)

@@ -7,14 +7,13 @@ The training loop writes TF2 summaries; those are read back from ``EventAccumula
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from ddc.config.flatten import flatten_config  # noqa: F401  (its home is ddc.config)
-from ddc.train.summaries import FINAL_METRICS, write_hparams  # noqa: F401
+from ddc.train.history import read_history
+from ddc.train.summaries import write_hparams
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +60,9 @@ def read_run_scalars(workdir: str | Path) -> dict[str, tuple[np.ndarray, np.ndar
     out = read_scalars(workdir / "tensorboard")
     if out:
         return out
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
+    recs = {int(r["step"]): r for r in read_history(workdir / "metrics.jsonl")}
+    if not recs:
         return {}
-    recs = {}
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        recs[int(r["step"])] = r
     steps = np.array(sorted(recs), np.int64)
     for key in {k for r in recs.values() for k in r if k != "step"}:
         s = [st for st in steps if recs[st].get(key) is not None]

@@ -7,7 +7,6 @@ evaluation, TensorBoard, checkpoints, stage switches) lives here.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from ddc.config import Config
-from ddc.data.prepare import data_root_from, prepare_data
+from ddc import paths
+from ddc.data.prepare import prepare_data
 from ddc.train.checkpoint_io import run_folder_error, save_checkpoint
 from ddc.train.distribute import distributed_stream
 from ddc.train.history import InterruptFlag, read_history, write_history
@@ -56,10 +56,8 @@ def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Pat
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.mixed_precision.set_global_policy(cfg.train.precision)
-        cache_dir = Path(os.environ.get("DDC_CACHE_DIR", "~/.cache/ddc")).expanduser()
-        data = prepare_data(cfg, data_root_from(data_root), cache_dir)
-        wroot = Path(weights_root or os.environ.get("DDC_WEIGHTS_ROOT") or ".").expanduser()
-        run = Run(cfg, workdir, data, wroot)  # builds the network: checks the weights file
+        data = prepare_data(cfg, paths.data_root(data_root), paths.cache_dir())
+        run = Run(cfg, workdir, data, paths.weights_root(weights_root))  # builds the network: checks the weights file
         # every input was checked: only now is the run directory written (--restart moves the
         # earlier run aside; the first checkpoint of this run deletes it)
         resume = prepare_workdir(workdir, cfg.to_dict(), restart)

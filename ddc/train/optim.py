@@ -9,10 +9,13 @@ under ``LossScaleOptimizer``.
 The update itself runs as one fused TensorFlow kernel per variable (``ResourceApplyAdam``,
 ``ResourceApplyKerasMomentum``, ``ResourceApplyGradientDescent``: the same arithmetic as Keras's
 ``update_step``, in the same order) instead of Keras's chain of about ten element-wise ops,
-each a full pass over the variable. ``benchmarks/bench_optimizer.py``: for LeNet's 1.4M
-parameters with Adam, 1.9 ms against 4.3 ms per update on 2 CPU cores, 1.07x the images/s of
-the whole DDC step. ``fused=False`` keeps Keras's own update; AMSGrad and sparse
-(``IndexedSlices``) gradients always use it.
+each a full pass over the variable (measured by ``benchmarks/bench_optimizer.py``, numbers in
+docs/SPEED.md). ``fused=False`` keeps Keras's own update; AMSGrad and sparse (``IndexedSlices``)
+gradients always use it.
+
+Keras has no public API for an optimizer's slot of a given variable, so the fused update reads
+Keras's private ``_get_variable_index``, ``_momentums``/``_velocities``/``momentums`` and
+``_var_key``; ``tests/test_keras_internals.py`` fails by name when an upgrade changes them.
 """
 
 from __future__ import annotations

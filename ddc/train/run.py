@@ -75,7 +75,7 @@ class Run:
         worker = worker_index() if t.distribute == "multi_worker" else None
         self.is_chief = worker is None
         self.ckpt_dir = workdir / ("checkpoints" if self.is_chief else f".worker{worker}")
-        weights = resolve_weights(cfg.model.weights, weights_root)
+        weights = resolve_weights(cfg.model.weights, weights_root, cfg.model.backbone)
         shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
         classes = len(data.class_names)
         self.taps = network_layers(cfg.align)  # layers terms read
