@@ -128,7 +128,10 @@ def test_sigkill_and_ctrl_c_at_random_moments_then_resume(reference, tmp_path):
     start-up, Ctrl-C shortly after a random checkpoint, SIGKILL shortly after a later one (mid
     step, mid eval or mid save). It ends with the uninterrupted run's step count, metrics and
     bitwise weights, and every file a reader opens is whole."""
-    rng = random.Random()
+    # the stop times are drawn from a seed, printed so that a failure can be replayed
+    seed = int(os.environ.get("DDC_FAULT_SEED", "0"))
+    print(f"fault times: DDC_FAULT_SEED={seed}")
+    rng = random.Random(seed)
     workdir, log = tmp_path / "run", tmp_path / "stderr.log"
     stops = []
 
@@ -330,11 +333,16 @@ def test_ctrl_c_before_training_exits_130_without_traceback(tmp_path, trees, mon
         raise AssertionError("SIGINT did not interrupt prepare_data within 30 s")
 
     monkeypatch.setattr(loop, "prepare_data", interrupted)
+    # a suite started with SIGINT ignored (nohup, a background job) would ignore the test's
+    # Ctrl-C too: give the CLI the default handler a terminal gives it
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     config = write_config(tmp_path / "c.json", tiny_config(*trees))
     try:
         code = train_main(["--config", str(config), "--workdir", str(tmp_path / "run")])
     except KeyboardInterrupt:
         code = None
+    finally:
+        signal.signal(signal.SIGINT, old)
     err = capsys.readouterr().err
     assert code == 130 and "Traceback" not in err
     assert [s for s in err.splitlines() if s.startswith("error: ")] == [
