@@ -15,6 +15,10 @@ without rerunning the cells whose run directories are gone. The report marks eac
 names the file; run directories under ``--runs`` win over it. Leave ``--reuse`` out to rerun
 everything.
 
+Methods: source only (``align={}``), DDC (the ``mmd`` term) with each MMD² estimator, also at
+extra λ, and every other method of ``ddc.align.REGISTRY`` at each λ of ``ALIGN_LAMBDAS``
+(``--set 'align={"<name>": {"weight": λ}}'``): a newly registered term joins the grid as it is.
+
 Hyperparameters are fixed in advance (the papers' defaults or the shipped configs); target labels
 are read only for the final report (``target_acc`` of the final step, and the target accuracy at
 the step of best source validation accuracy, a step chosen without target labels).
@@ -65,6 +69,7 @@ class Task:
     extra_lambdas: tuple = ()          # DDC also run with these λ (besides the base config's)
     extra_lambda_variants: tuple = ("frozen",)  # ... in these variants (CPU budget)
     variant_methods: dict = field(default_factory=dict)  # variant -> the only methods it runs
+    align_variants: tuple = ("",)      # variants that run every other registered method
 
 
 @dataclass(frozen=True)
@@ -74,18 +79,50 @@ class Method:
     overrides: list
     family: str = ""                   # the method without its λ (default: name)
     lam: float | None = None           # None: the base config's λ
+    term: str = ""                     # the alignment term it runs, whose weight λ is ("": none)
 
 
+# source only, and DDC (the ``mmd`` term) with each MMD² estimator at the base config's λ
 METHODS = [
-    Method("source_only", "source only (λ = 0)", ["mmd.weight=0"]),
+    Method("source_only", "source only (no alignment term)", ["align={}"]),
     Method("ddc_gauss_biased", "DDC, Gaussian multi-bandwidth, biased MMD²",
-           ["mmd.kernel=\"gaussian\"", "mmd.estimator=\"biased\""]),
+           ["align.mmd.kernel=\"gaussian\"", "align.mmd.estimator=\"biased\""], term="mmd"),
     Method("ddc_gauss_unbiased", "DDC, Gaussian multi-bandwidth, unbiased MMD²",
-           ["mmd.kernel=\"gaussian\"", "mmd.estimator=\"unbiased\""]),
+           ["align.mmd.kernel=\"gaussian\"", "align.mmd.estimator=\"unbiased\""], term="mmd"),
     Method("ddc_gauss_linear", "DDC, Gaussian multi-bandwidth, linear-time MMD²",
-           ["mmd.kernel=\"gaussian\"", "mmd.estimator=\"linear\""]),
-    Method("ddc_linear_kernel", "DDC, linear kernel (original DDC)", ["mmd.kernel=\"linear\""]),
+           ["align.mmd.kernel=\"gaussian\"", "align.mmd.estimator=\"linear\""], term="mmd"),
+    Method("ddc_linear_kernel", "DDC, linear kernel (original DDC)",
+           ["align.mmd.kernel=\"linear\""], term="mmd"),
 ]
+# every other method of ``ddc.align.REGISTRY`` (a new term joins the grid by registering) runs
+# alone with its default options at each of these λ: ``--set 'align={"<name>": {"weight": λ}}'``
+ALIGN_LAMBDAS = (0.1, 1.0)
+# --quick: one λ each, in the frozen MobileNetV2 variant only (cached features: seconds a run;
+# a LeNet run through the whole network takes minutes on a shared CPU)
+QUICK_ALIGN_LAMBDAS = (1.0,)
+QUICK_ALIGN_VARIANTS = ("frozen",)
+
+
+def _term_summary(name: str) -> str:
+    """The first paragraph of the term module's docstring, without its ````name``:`` prefix."""
+    import importlib
+    import re
+
+    from ddc.align import REGISTRY
+    doc = importlib.import_module(REGISTRY[name].split(":")[0]).__doc__ or ""
+    text = " ".join(doc.strip().split("\n\n")[0].split())
+    return re.sub(r"^``[^`]+``: ", "", text).rstrip(".") or name
+
+
+def registry_methods(lambdas: tuple = ALIGN_LAMBDAS) -> list[Method]:
+    """One method per registered term that METHODS does not already run (``mmd``: the DDC
+    methods), at each λ of ``lambdas``; in the registry's order."""
+    from ddc.align import REGISTRY
+    covered = {m.term for m in METHODS}
+    return [Method(f"{name}_lam{lam:g}", f"{name}: {_term_summary(name)}, λ = {lam:g}",
+                   ["align=" + json.dumps({name: {"weight": lam}})], family=name, lam=lam,
+                   term=name)
+            for name in REGISTRY if name not in covered for lam in lambdas]
 
 # MobileNetV2 in mode "features": "frozen" trains only the head on the cached pooled features;
 # "frozen_224" is the same at the backbone's native 224 px instead of 128 (better features for
@@ -113,7 +150,8 @@ TASKS = [
          "at 224 px)",
          "configs/grid/siri_whu_aid.json", [], MOBILENET_VARIANTS,
          bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0, 4.0, 16.0),
-         extra_lambda_variants=("frozen", "frozen_224")),
+         extra_lambda_variants=("frozen", "frozen_224"),
+         align_variants=("frozen", "frozen_224")),
     # AID as the source is imbalanced (the merged residential class is 22% of it, against 9% of
     # SIRI-WHU): "frozen_balanced" draws its batches class-balanced (data.balance_source)
     Task("aid_siri_whu", "AID -> SIRI-WHU (11 shared classes, MobileNetV2, 128 px; frozen also "
@@ -122,7 +160,8 @@ TASKS = [
          {**MOBILENET_VARIANTS,
           "frozen_balanced": MOBILENET_VARIANTS["frozen"] + ["data.balance_source=true"]},
          bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0, 4.0, 16.0),
-         extra_lambda_variants=("frozen", "frozen_224", "frozen_balanced")),
+         extra_lambda_variants=("frozen", "frozen_224", "frozen_balanced"),
+         align_variants=("frozen", "frozen_224", "frozen_balanced")),
 ]
 TASKS_BY_NAME = {t.name: t for t in TASKS}
 
@@ -132,28 +171,42 @@ TASKS_BY_NAME = {t.name: t for t in TASKS}
 SOURCE_VAL_TOLERANCE = 0.01
 
 
-def methods_for(task: Task, variant: str | None = None) -> list[Method]:
-    """The methods of ``task`` (in ``variant``; None: of any variant): METHODS, then each DDC
-    method again at each extra λ where the variant runs them."""
+def methods_for(task: Task, variant: str | None = None, quick: bool = False) -> list[Method]:
+    """The methods of ``task`` (in ``variant``; None: of any variant): METHODS, each DDC method
+    again at each extra λ where the variant runs them, then the registry's other methods
+    (``registry_methods``) where the variant runs them (if ``quick``: at
+    ``QUICK_ALIGN_LAMBDAS``, in ``QUICK_ALIGN_VARIANTS``)."""
     out = list(METHODS)
+    if variant is None or variant in task.extra_lambda_variants:
+        for lam in task.extra_lambdas:
+            out += [Method(f"{m.name}_lam{lam:g}", f"{m.title}, λ = {lam:g}",
+                           m.overrides + [f"align.mmd.weight={lam}"], family=m.name, lam=lam,
+                           term=m.term)
+                    for m in METHODS if m.term == "mmd"]
+    if variant is None or (variant in task.align_variants
+                           and (not quick or variant in QUICK_ALIGN_VARIANTS)):
+        out += registry_methods(QUICK_ALIGN_LAMBDAS if quick else ALIGN_LAMBDAS)
     if variant in task.variant_methods:
         out = [m for m in out if m.name in task.variant_methods[variant]]
-    if variant is not None and variant not in task.extra_lambda_variants:
-        return out
-    for lam in task.extra_lambdas:
-        out += [Method(f"{m.name}_lam{lam:g}", f"{m.title}, λ = {lam:g}",
-                       m.overrides + [f"mmd.weight={lam}"], family=m.name, lam=lam)
-                for m in METHODS if m.name != "source_only"]
     return out
 
 
+def _method(task_name: str, method_name: str) -> Method:
+    return next(m for m in methods_for(TASKS_BY_NAME[task_name]) if m.name == method_name)
+
+
 def method_title(task_name: str, method_name: str) -> str:
-    return next(m.title for m in methods_for(TASKS_BY_NAME[task_name]) if m.name == method_name)
+    return _method(task_name, method_name).title
 
 
 def method_family(task_name: str, method_name: str) -> str:
-    m = next(m for m in methods_for(TASKS_BY_NAME[task_name]) if m.name == method_name)
+    m = _method(task_name, method_name)
     return m.family or m.name
+
+
+def method_term(task_name: str, method_name: str) -> str:
+    """The alignment term the method runs (``""``: source only)."""
+    return _method(task_name, method_name).term
 
 # --quick: one seed, fewer steps and images, only the frozen MobileNetV2 variant
 QUICK = {
@@ -175,8 +228,11 @@ HYPERPARAMETER_RULE = (
     "every method and the config's 3000 for source only and the default DDC (CPU budget). On "
     "SIRI-WHU/AID each DDC method with the frozen backbone (128 and 224 px, and with AID "
     "class-balanced) is also run at λ = 1 (the DAN default), 4 and 16, and one λ per method is "
-    "then chosen by source validation accuracy alone (rule below). Target labels are used only "
-    "to compute the reported target metrics: `target acc` is the final step's; "
+    "then chosen by source validation accuracy alone (rule below). Every other method of "
+    "`ddc.align.REGISTRY` runs alone, its options at their defaults, at λ = "
+    + " and ".join(f"{lam:g}" for lam in ALIGN_LAMBDAS) + " (USPS -> MNIST at 1000 steps, and "
+    "the frozen SIRI-WHU/AID variants), its λ chosen by the same rule. Target labels are used "
+    "only to compute the reported target metrics: `target acc` is the final step's; "
     "`target acc @ best src val` is the target accuracy at the evaluation step with the best "
     "source validation accuracy (a step chosen without target labels).")
 
@@ -241,7 +297,7 @@ def build_grid(quick: bool, only: list[str] | None, extra: list[str]) -> list[Ce
         for variant in task.variants:
             if quick and variant not in QUICK_VARIANTS:
                 continue
-            for method in methods_for(task, variant):
+            for method in methods_for(task, variant, quick):
                 over = (QUICK[task.name] if quick else []) + scoped(extra, task.name)
                 cell = Cell(task, variant, method, over)
                 if not only or matches(cell.id, only):
@@ -299,13 +355,13 @@ class FeatureMemo:
     @contextlib.contextmanager
     def installed(self):
         """Routes the training loop's feature extraction through the memo."""
-        from ddc.train import loop
-        original = loop.extract_features
-        loop.extract_features = self.wrap(original)
+        from ddc.train import run as run_parts
+        original = run_parts.extract_features
+        run_parts.extract_features = self.wrap(original)
         try:
             yield self
         finally:
-            loop.extract_features = original
+            run_parts.extract_features = original
 
 
 def config_hash(config: dict) -> str:
@@ -390,7 +446,10 @@ def reused_summary(cell: Cell, seeds: list[int], reusable: dict, origin: str) ->
     config = normalised(load(REPO / cell.task.base, cell.overrides(seeds[0])).to_dict())
     if config is None or normalised(prior.get("config_seed0") or {}) != config:
         return None
-    return {**prior, "config_seed0": config, "reused_from": prior.get("reused_from") or origin}
+    # the same resolved config: the overrides that make it now are this cell's (an earlier
+    # file's may have been written for another config format, such as the old mmd block)
+    return {**prior, "config_seed0": config, "common_overrides": cell.common,
+            "overrides": cell.own, "reused_from": prior.get("reused_from") or origin}
 
 
 # ----------------------------------------------------------------------------- summarising
@@ -420,12 +479,14 @@ def summarize(cell: Cell, runs: list[dict]) -> dict:
 
 
 def check_bars(summaries: list[dict]) -> list[dict]:
-    """Each DDC cell against its task's bar: beats source only (same task and variant) on the
-    mean over seeds by more than ``min_gain``, and reaches ``min_ddc_acc``."""
+    """Each DDC cell (the ``mmd`` term's) against its task's bar: beats source only (same task
+    and variant) on the mean over seeds by more than ``min_gain``, and reaches
+    ``min_ddc_acc``. The other methods' cells are compared in the tables (``Δ``), not barred."""
     base = {(s["task"], s["variant"]): s for s in summaries if s["method"] == "source_only"}
     checks = []
     for s in summaries:
-        if s["method"] == "source_only" or (s["task"], s["variant"]) not in base:
+        if (method_term(s["task"], s["method"]) != "mmd"
+                or (s["task"], s["variant"]) not in base):
             continue
         task = TASKS_BY_NAME[s["task"]]
         gain = s["target_acc"] - base[(s["task"], s["variant"])]["target_acc"]
@@ -435,8 +496,13 @@ def check_bars(summaries: list[dict]) -> list[dict]:
     return checks
 
 
+def _lambda(s: dict) -> float:
+    """A cell's λ: the weight of its method's term in its resolved config."""
+    return s["config_seed0"]["align"][method_term(s["task"], s["method"])]["weight"]
+
+
 def select_lambdas(summaries: list[dict]) -> list[dict]:
-    """For each DDC method run at several λ: the λ chosen by source validation only.
+    """For each method run at several λ: the λ chosen by source validation only.
 
     Rule: the largest λ whose mean source validation accuracy is at least source only's
     (same task and variant) minus ``SOURCE_VAL_TOLERANCE``; the smallest λ if none is.
@@ -453,14 +519,14 @@ def select_lambdas(summaries: list[dict]) -> list[dict]:
         ref = base.get((task, variant))
         if len(cands) < 2 or ref is None:
             continue
-        cands = sorted(cands, key=lambda c: c["config_seed0"]["mmd"]["weight"])
+        cands = sorted(cands, key=_lambda)
         ok = [c for c in cands if c["source_val_acc"] >= ref["source_val_acc"] - SOURCE_VAL_TOLERANCE]
         chosen = ok[-1] if ok else cands[0]
         out.append({"task": task, "variant": variant, "method": family, "id": chosen["id"],
                     "source_only_source_val_acc": ref["source_val_acc"],
-                    "candidates": [{"lambda": c["config_seed0"]["mmd"]["weight"], "id": c["id"],
+                    "candidates": [{"lambda": _lambda(c), "id": c["id"],
                                     "source_val_acc": c["source_val_acc"]} for c in cands],
-                    "lambda": chosen["config_seed0"]["mmd"]["weight"],
+                    "lambda": _lambda(chosen),
                     "target_acc": chosen["target_acc"], "target_acc_std": chosen["target_acc_std"],
                     "gain": chosen["target_acc"] - ref["target_acc"]})
     return out
@@ -495,7 +561,7 @@ def _machine() -> str:
 def render(summaries: list[dict], checks: list[dict], command: str, machine: str, date: str,
            notes: list[str], selected: list[dict] | None = None) -> str:
     """The markdown report."""
-    lines = ["# Accuracy benchmark: DDC vs source only", "",
+    lines = ["# Accuracy benchmark: DDC and the other alignment methods vs source only", "",
              "Generated by `benchmarks/accuracy.py`; do not edit by hand.", "",
              f"- command: `{command}`", f"- machine: {machine}", f"- date: {date}",
              f"- hyperparameters: {HYPERPARAMETER_RULE}", ""]
@@ -503,8 +569,8 @@ def render(summaries: list[dict], checks: list[dict], command: str, machine: str
         lines.append(f"- {note}")
     if notes:
         lines.append("")
-    lines += ["Accuracies in %, mean ± std over the seeds. `Δ` is DDC minus source only (same "
-              "task and backbone variant). `src val` is source validation accuracy at the final "
+    lines += ["Accuracies in %, mean ± std over the seeds. `Δ` is the method minus source only "
+              "(same task and backbone variant). `src val` is source validation accuracy at the final "
               "step. `setup s` is data loading plus (in mode \"features\") the extraction of the "
               "cached features, per run; `train s` the training loop with its evaluations.", ""]
     by_task: dict = {}
@@ -543,7 +609,7 @@ def render(summaries: list[dict], checks: list[dict], command: str, machine: str
         lines.append("")
     if selected:
         lines += ["## λ chosen by source validation", "",
-                  "Where a DDC method ran at several λ, the λ below is chosen without target labels: "
+                  "Where a method ran at several λ, the λ below is chosen without target labels: "
                   "the largest λ whose mean source validation accuracy is at least source only's "
                   f"minus {100 * SOURCE_VAL_TOLERANCE:g} points (as much alignment as the source "
                   "task tolerates; the smallest λ if none qualifies). Target accuracy is read only "
@@ -585,7 +651,8 @@ def render(summaries: list[dict], checks: list[dict], command: str, machine: str
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="a small grid (one seed, fewer steps and images, frozen MobileNetV2 only)")
+                   help="a small grid (one seed, fewer steps and images, frozen MobileNetV2 only; "
+                   "the registry's other methods at one λ there)")
     p.add_argument("--only", default="", help="comma-separated glob patterns of cell ids, e.g. "
                    "'usps_mnist/source_only,siri_whu_aid/frozen/*'; cells run in the patterns' "
                    "order")
@@ -653,8 +720,9 @@ def reductions(cells: list[Cell], summaries: list[dict], seeds: list[int], quick
     """Lines saying how this report differs from the full grid (cells, seeds, steps)."""
     lines = []
     if quick:
-        lines.append("**quick grid** (`--quick`: fewer steps and images, frozen MobileNetV2 only): "
-                     "a smoke run, not the benchmark")
+        lines.append("**quick grid** (`--quick`: fewer steps and images, frozen MobileNetV2 only; "
+                     "the registry's other methods at one λ, frozen MobileNetV2 only): a smoke "
+                     "run, not the benchmark")
     done = {s["id"] for s in summaries}
     missing = [c.id for c in build_grid(False, None, []) if c.id not in done]
     if missing and not quick:

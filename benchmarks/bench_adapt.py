@@ -13,14 +13,17 @@ and ``task`` = the logits layer, one-hot labels and ``CategoricalCrossentropy(fr
 ``copy=False``, the same Adam settings for each of its optimizers (task, encoder,
 discriminator), ``lambda_`` = 1 for DeepCORAL and ADAPT's default 0.1 for DANN with its default
 discriminator (two Dense(10) ReLU layers and a sigmoid unit). Ours: ``TrainStep`` with the
-config's MMD (Gaussian, biased, lambda from the config) fed by ``train_dataset``.
+config's alignment terms (``align.mmd``: Gaussian, biased, lambda from the config), built by
+``ddc.train.build``, fed by ``train_dataset``.
 
 Speed: alternating blocks after a warm-up round; ADAPT is timed inside ``fit`` from the end of
 its first batch to the end of its last (its own tf.data input, as a user runs it), ours as the
 training loop runs (next batch, step, host sync). Images per step: B source + B target for all.
 
 Accuracy: each method trains ``--acc-steps`` steps per seed (ADAPT: repeated ``fit`` calls of at
-most one epoch each, since ``fit`` does not reset the model) and is scored on all target images.
+most one epoch each, since ``fit`` does not reset the model; ours: each term's weight and the
+training progress per step as the training loop computes them for a run of ``--acc-steps``
+steps) and is scored on all target images.
 
     nice -n 5 python benchmarks/bench_adapt.py             # USPS -> MNIST
     python benchmarks/bench_adapt.py --seeds 0 --batch-sizes 8,16,32,128   # speed by batch size
@@ -45,6 +48,7 @@ import tensorflow as tf  # noqa: E402
 
 from ddc.data.pipeline import eval_batches, train_dataset  # noqa: E402
 from ddc.data.prepare import prepare_data  # noqa: E402
+from ddc.train.schedules import progress_at, term_weights  # noqa: E402
 from ddc.train.step import predict_fn  # noqa: E402
 
 
@@ -76,7 +80,7 @@ def split_network(net) -> tuple[keras.Model, keras.Model]:
 
 def adapt_model(kind: str, cfg, num_classes: int, target_images: np.ndarray):
     DeepCORAL, DANN = import_adapt()
-    net, _, _, _ = common.build_net(cfg, num_classes)
+    net = common.build_net(cfg, num_classes)[0]
     encoder, task = split_network(net)
     kw = dict(encoder=encoder, task=task, Xt=target_images, copy=False, verbose=0,
               random_state=None, optimizer=keras.optimizers.Adam(cfg.train.lr),
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> str:
     src, tgt = data.source_train, data.target
     x_s, y_s, x_t, y_t = src.images, src.labels, tgt.images, tgt.labels
     onehot = np.eye(k, dtype=np.float32)[y_s]
-    b, lam = cfg.train.batch_size, cfg.mmd.weight
+    b = cfg.train.batch_size
 
     def stream(seed, batch=b):
         return iter(train_dataset(x_s, y_s, x_t, batch_size=batch, seed=seed,
@@ -160,14 +164,14 @@ def main(argv: list[str] | None = None) -> str:
             print(f"note: --steps set to {steps} at batch {batch}, a multiple of "
                   "--steps-per-call")
         keras.utils.set_random_seed(cfg_b.seed)
-        ours = common.build_run(cfg_b, k, use_target=True)
+        ours = common.build_run(cfg_b, k)
         blocks = {"ours DDC (MMD)": common.step_block(ours, stream(cfg_b.seed, batch), steps,
-                                                      lam)}
+                                                      ours.weights)}
         if args.steps_per_call > 1:
             keras.utils.set_random_seed(cfg_b.seed)
-            multi = common.build_run(cfg_b, k, use_target=True)
+            multi = common.build_run(cfg_b, k)
             blocks[f"ours DDC (MMD), {args.steps_per_call} steps per call"] = \
-                common.multi_step_block(multi, stream(cfg_b.seed, batch), steps, lam,
+                common.multi_step_block(multi, stream(cfg_b.seed, batch), steps, multi.weights,
                                         args.steps_per_call)
         for kind in ("DeepCORAL", "DANN"):
             keras.utils.set_random_seed(cfg_b.seed)
@@ -204,10 +208,11 @@ def main(argv: list[str] | None = None) -> str:
     for seed in range(args.seeds):
         cfg_s = common.load_config(args.config, args.set + [f"seed={seed}"])
         keras.utils.set_random_seed(seed)
-        run = common.build_run(cfg_s, k, use_target=True)
+        run = common.build_run(cfg_s, k)
         it = stream(seed)
-        for _ in range(args.acc_steps):
-            common.one_step(run, it, lam)
+        for i in range(args.acc_steps):  # as the loop runs a run of acc_steps steps
+            common.one_step(run, it, term_weights(run.terms, i, args.acc_steps),
+                            progress_at(i, args.acc_steps))
         pred = predict_fn(run.net.model)
         acc["ours DDC (MMD)"].append(accuracy(lambda x: pred(x)[0], x_t, y_t))
         for kind in ("DeepCORAL", "DANN"):

@@ -5,7 +5,8 @@ kernel with the biased, unbiased and linear-time estimators, and the linear kern
 function computes ``mmd2`` and its gradient with respect to both feature batches. Then the full
 DDC training step (``TrainStep``, real network, batch 32+32) of the demo config (LeNet, 32 px)
 and of the MobileNetV2 config (``configs/siri_whu.json``, 128 px) is timed, together with the
-same step whose domain loss is replaced by 0 (the target batch still goes through the network).
+same step whose ``mmd`` term's loss is replaced by 0 (the target batch still goes through the
+network; the term's bandwidth diagnostic is still computed).
 
 Shares of the step, per round (all variants alternate, so the load of a shared machine hits them
 alike): ``isolated`` = MMD time / DDC step time; ``in step`` = (DDC step - step without MMD) /
@@ -26,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402  (first: sets up paths and TF logging)
 import tensorflow as tf  # noqa: E402
-from ddc.losses import mmd2  # noqa: E402
-from ddc.train.step import TrainStep  # noqa: E402
+from ddc.align.mmd import MMD  # noqa: E402
+from ddc.losses import bandwidth_base, mmd2  # noqa: E402
 
 # (label, kernel, estimator)
 VARIANTS = [("gaussian biased", "gaussian", "biased"),
@@ -37,11 +38,22 @@ VARIANTS = [("gaussian biased", "gaussian", "biased"),
 NUM_CLASSES = {"demo": 5, "siri_whu": 11}
 
 
-class StepWithoutMMD(TrainStep):
-    """The DDC step with the domain loss replaced by 0: the cost of everything but the MMD."""
+class MMDReplacedByZero(MMD):
+    """The ``mmd`` term with its loss replaced by 0 (it still needs the target batch and still
+    returns the bandwidth diagnostic): a DDC step with it costs everything but the MMD²."""
 
-    def domain_loss(self, f_s, f_t):
-        return tf.zeros([], tf.float32)
+    def __call__(self, x):
+        return tf.zeros([], tf.float32), {"bandwidth_base": bandwidth_base(x.f_s, x.f_t)}
+
+
+# ``common.build_run(cfg, k, replace_terms=WITHOUT_MMD)``: the DDC step without the MMD² itself
+WITHOUT_MMD = {"mmd": MMDReplacedByZero}
+
+
+def require_mmd(cfg, script: str, name: str) -> None:
+    """Exits unless the config's alignment has an active ``mmd`` term (DDC)."""
+    if not any(n == "mmd" and o.weight > 0 for n, o in cfg.align.items()):
+        raise SystemExit(f"{script}: config {name} has no active mmd term (align.mmd.weight > 0)")
 
 
 def mmd_block(n: int, width: int, kernel: str, estimator: str, calls: int, seed: int = 0):
@@ -70,12 +82,12 @@ def mmd_block(n: int, width: int, kernel: str, estimator: str, calls: int, seed:
 def step_blocks(name: str, steps: int, batch: int) -> tuple[dict, str]:
     cfg = common.load_config(name, [f"train.batch_size={batch}"])
     k = NUM_CLASSES.get(name, 10)
-    lam = cfg.mmd.weight
+    require_mmd(cfg, "bench_mmd", name)
     blocks, notes = {}, []
-    for label, cls in (("ddc", TrainStep), ("no_mmd", StepWithoutMMD)):
-        run = common.build_run(cfg, k, use_target=True, step_cls=cls)
+    for label, replace in (("ddc", None), ("no_mmd", WITHOUT_MMD)):
+        run = common.build_run(cfg, k, replace_terms=replace)
         it = iter(common.batch_dataset(common.random_batches(cfg, k)))
-        inner = common.step_block(run, it, steps, lam)
+        inner = common.step_block(run, it, steps, run.weights)
         blocks[f"{name}/{label}"] = lambda inner=inner: inner() / steps
         if run.note:
             notes.append(run.note)

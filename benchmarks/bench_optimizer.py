@@ -6,8 +6,8 @@ element-wise ops. Per config, both built from the same seed, in one process:
 
 * ``apply``: ``optimizer.apply`` alone (traced) on fixed random gradients of the network's
   trainable variables: ms per call.
-* ``DDC step``: the whole ``TrainStep`` (source + target, the config's MMD) on fixed random
-  batches, as ``bench_step`` times it: images/s.
+* ``DDC step``: the whole ``TrainStep`` (source + target, the config's alignment terms) on
+  fixed random batches, as ``bench_step`` times it: images/s.
 * ``same update``: the largest |w_fused - w_keras| over all trainable weights after one
   identical DDC step from identical weights, relative to the largest weight change (the update
   is the same arithmetic, so this is float32 rounding).
@@ -56,9 +56,10 @@ def apply_block(run):
     return block
 
 
-def fixed_batch_steps(run, batches, lam: float):
-    """``block(n)``: ``common.step_block`` of ``n`` timed steps cycling over fixed batches."""
-    return lambda n: common.step_block(run, itertools.cycle(batches), n, lam)()
+def fixed_batch_steps(run, batches):
+    """``block(n)``: ``common.step_block`` of ``n`` timed steps cycling over fixed batches, each
+    term at its weight."""
+    return lambda n: common.step_block(run, itertools.cycle(batches), n, run.weights)()
 
 
 def calibrated(block, target_s: float) -> int:
@@ -68,7 +69,7 @@ def calibrated(block, target_s: float) -> int:
     return max(3, int(round(target_s / max(per, 1e-6))))
 
 
-def same_result(cfg, k: int, batch, lam: float) -> float:
+def same_result(cfg, k: int, batch) -> float:
     """max |w_fused - w_keras| / max |w_after - w_before| after one identical DDC step from
     identical weights. One step only: after that, the runs part as any two runs whose weights
     differ by a rounding error do (a max-pooling tie broken the other way, then Adam's
@@ -76,9 +77,9 @@ def same_result(cfg, k: int, batch, lam: float) -> float:
     after, before = [], None
     for fused in (True, False):
         keras.utils.set_random_seed(cfg.seed)
-        run = common.build_run(cfg, k, use_target=True, fused=fused)
+        run = common.build_run(cfg, k, fused=fused)
         before = [v.numpy() for v in run.step.variables]
-        run.step(*batch, lam)
+        run.step(*batch, run.weights)
         after.append([v.numpy() for v in run.step.variables])
     diff = max(float(np.abs(a - c).max()) for a, c in zip(*after))
     moved = max(float(np.abs(a - w).max()) for a, w in zip(after[0], before))
@@ -89,15 +90,15 @@ def bench_config(name: str, overrides: list[str], repeats: int, block_s: float) 
     cfg = common.load_config(name, overrides)
     stem = Path(name).stem
     k = NUM_CLASSES.get(stem, 10)
-    lam, b = cfg.mmd.weight, cfg.train.batch_size
+    b = cfg.train.batch_size
     batches = [tuple(tf.constant(a) for a in batch) for batch in common.random_batches(cfg, k)]
     runs, raw, sizes = {}, {}, {}
     for fused in (True, False):
         label = "fused" if fused else "Keras update_step"
         keras.utils.set_random_seed(cfg.seed)
-        runs[fused] = run = common.build_run(cfg, k, use_target=True, fused=fused)
+        runs[fused] = run = common.build_run(cfg, k, fused=fused)
         raw[f"apply, {label}"] = apply_block(run)
-        raw[f"DDC step, {label}"] = fixed_batch_steps(run, batches, lam)
+        raw[f"DDC step, {label}"] = fixed_batch_steps(run, batches)
     for name_, block in raw.items():
         sizes[name_] = calibrated(block, block_s)
     for kind in ("apply", "DDC step"):  # one call count per pair: both sides do the same work
@@ -110,7 +111,7 @@ def bench_config(name: str, overrides: list[str], repeats: int, block_s: float) 
     rows = []
     for n, ts in times.items():
         per_ms = common.Stats([t / sizes[n] * 1e3 for t in ts])
-        ips = (common.Stats([2 * b * sizes[n] / t for t in ts]).fmt(1)
+        ips = (common.Stats([runs[True].images_per_step * sizes[n] / t for t in ts]).fmt(1)
                if n.startswith("DDC") else "")
         rows.append([n, sizes[n], per_ms.fmt(3), ips])
     opt = runs[True].optimizer
@@ -132,7 +133,7 @@ def bench_config(name: str, overrides: list[str], repeats: int, block_s: float) 
                          ["DDC step: Keras time / fused time (= fused speed-up)",
                           *ratio("DDC step")],
                          ["same update: max abs(w_fused - w_keras) / max abs(update), one step",
-                          f"{same_result(cfg, k, batches[0], lam):.1e}", ""]])]
+                          f"{same_result(cfg, k, batches[0]):.1e}", ""]])]
     notes.discard("")
     if notes:
         out.append("\nnote: " + "; ".join(sorted(notes)))

@@ -126,15 +126,13 @@ def main(argv: list[str] | None = None) -> str:
             tf.data.AUTOTUNE)
 
     keras.utils.set_random_seed(cfg.seed)
-    use_target = cfg.mmd.weight > 0
-    run = common.build_run(cfg, k, use_target=use_target)
-    lam = cfg.mmd.weight
+    run = common.build_run(cfg, k)
     fixed_it = iter(common.batch_dataset(common.random_batches(cfg, k)))
-    fixed_step = common.step_block(run, fixed_it, args.steps, lam)
+    fixed_step = common.step_block(run, fixed_it, args.steps, run.weights)
 
     def fed_step() -> float:
         it = iter(cached())
-        return common.step_block(run, it, args.steps, lam)()
+        return common.step_block(run, it, args.steps, run.weights)()
 
     per_batch = 2 * b  # both pipelines deliver B source + B target images per element
     blocks = {  # name -> (timed block, images per timed block)
@@ -161,7 +159,9 @@ def main(argv: list[str] | None = None) -> str:
     out = [common.header(f"Input pipeline vs training step: {Path(args.config).stem}, "
                          f"batch {b}+{b}, {d.image_size} px", __file__, argv),
            f"source train {len(src)} images ({len(s_files)} files), target {len(tgt)} images "
-           f"({len(t_files)} files); {'DDC' if use_target else 'finetune'} step"
+           f"({len(t_files)} files); "
+           + (f"step with {', '.join(t.name for t in run.terms)}" if run.terms
+              else "source-only step")
            + (f"; {run.note}" if run.note else ""), "",
            common.table(["variant", "median images/s", "images/s mean ± std"], rows), "",
            f"Paired per-round ratios over {args.repeats} rounds (target: the cached pipeline "

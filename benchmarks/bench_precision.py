@@ -46,14 +46,13 @@ def measure(preset: str, precision: str, steps: int, warmup: int) -> dict:
     keras.mixed_precision.set_global_policy(precision)
     try:
         keras.utils.set_random_seed(cfg.seed)
-        run = common.build_run(cfg, k, use_target=cfg.mmd.weight > 0)
+        run = common.build_run(cfg, k)
         it = iter(common.batch_dataset(common.random_batches(cfg, k, count=8)))
-        lam = cfg.mmd.weight if run.use_target else 0.0
         losses, skipped = [], 0
 
         def one():
             nonlocal skipped
-            m = common.one_step(run, it, lam)
+            m = common.one_step(run, it, run.weights)
             ok = bool(m["finite"])
             skipped += not ok
             losses.append(float(m["total_loss"]))

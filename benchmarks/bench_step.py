@@ -2,18 +2,21 @@
 
 Variants, all in one process, alternating block by block after a warm-up round:
 
-* ``ours finetune``: ``TrainStep(use_target=False)`` (lambda = 0), fed as the training loop
-  feeds it (next batch from a tf.data iterator, step, step counter, host sync each step).
+* ``ours finetune``: the config with ``align={}`` (no term: source batches only), its
+  ``TrainStep`` built by ``ddc.train.build``, fed as the training loop feeds it (next batch
+  from a tf.data iterator, step, step counter, host sync each step).
 * ``fit finetune``: a functional Keras model with the same layers (image -> logits), compiled
-  with an identical optimizer (``make_optimizer``: same class, schedule, backbone lr multiplier)
-  and sparse cross-entropy on the logits, ``jit_compile=False``, ``fit`` over a tf.data stream
-  of the same uint8 batches (``steps_per_epoch``, ``epochs=1``, verbose 0).
-* ``ours DDC``: ``TrainStep(use_target=True)`` at the config's lambda.
+  with an identical optimizer (``ddc.train.build.build_step``'s: same class, schedule, backbone
+  lr multiplier) and sparse cross-entropy on the logits, ``jit_compile=False``, ``fit`` over a
+  tf.data stream of the same uint8 batches (``steps_per_epoch``, ``epochs=1``, verbose 0).
+* ``ours DDC``: the config's step (its ``mmd`` term, required) at the config's lambda.
 * ``fit DDC``: a ``keras.Model`` subclass wrapping the same kind of network, whose
-  ``train_step`` computes cross-entropy + lambda * MMD² (``ddc.losses.mmd2``, same settings).
-* ``ours DDC, MMD = 0``: the DDC step with the domain loss replaced by 0 (its time difference
-  to ``ours DDC`` is the MMD's marginal cost inside the step).
-* ``ours DDC XLA``: ``TrainStep(jit_compile=True)``.
+  ``train_step`` computes cross-entropy + lambda * L over the same built alignment terms (the
+  ``mmd`` term: ``ddc.losses.mmd2``, the config's settings).
+* ``ours DDC, MMD = 0``: the DDC step with the ``mmd`` term's loss replaced by 0
+  (``bench_mmd.MMDReplacedByZero``; its time difference to ``ours DDC`` is the MMD's marginal
+  cost inside the step).
+* ``ours DDC XLA``: the DDC step with ``jit_compile=True``.
 * ``MMD alone``: the biased Gaussian MMD² forward + backward on [B, 256] features, per step.
 
 Each block times ``steps`` steps after one priming step (``fit``: from the end of its first batch
@@ -34,20 +37,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402  (first: sets up paths and TF logging)
-from benchmarks.bench_mmd import NUM_CLASSES, StepWithoutMMD, mmd_block  # noqa: E402
+from benchmarks.bench_mmd import NUM_CLASSES, WITHOUT_MMD, mmd_block, require_mmd  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ddc.losses import mmd2  # noqa: E402
+from ddc.align import StepInputs  # noqa: E402
 
 
 class DDCFitModel(keras.Model):
     """DDC as a ``fit``-able Keras model: ``x = (x_s, x_t)``, ``y = labels_s``;
-    loss = mean sparse cross-entropy on the source logits + lambda * MMD²(f_s, f_t)."""
+    loss = mean sparse cross-entropy on the source logits + sum_i w_i * L_i over built
+    alignment terms without variables of their own (DDC: lambda * MMD²(f_s, f_t))."""
 
-    def __init__(self, net_model: keras.Model, mmd_cfg, lam: float, **kwargs):
+    def __init__(self, net_model: keras.Model, terms: list, weights: list, **kwargs):
         super().__init__(**kwargs)
-        self.net, self.mmd_cfg, self.lam = net_model, mmd_cfg, float(lam)
+        if any(t.trainable_variables for t in terms):
+            raise ValueError("DDCFitModel: terms with variables of their own are not trained "
+                             "by this train_step")
+        self.net, self._terms, self._lams = net_model, tuple(terms), tuple(map(float, weights))
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.built = True  # the wrapped network is built; nothing to infer from data
 
@@ -64,13 +71,14 @@ class DDCFitModel(keras.Model):
         (x_s, x_t), y = data
         n = tf.shape(x_s)[0]
         with tf.GradientTape() as tape:
-            logits, features = self.net(tf.concat([x_s, x_t], axis=0), training=True)
+            logits, features = self.net(tf.concat([x_s, x_t], axis=0), training=True)[:2]
             ce = keras.losses.sparse_categorical_crossentropy(y, logits[:n], from_logits=True)
-            f = tf.cast(features, tf.float32)
-            domain = mmd2(f[:n], f[n:], kernel=self.mmd_cfg.kernel,
-                          estimator=self.mmd_cfg.estimator,
-                          multipliers=tuple(self.mmd_cfg.multipliers))
-            loss = tf.reduce_mean(ce) + self.lam * domain
+            f, lg = tf.cast(features, tf.float32), tf.cast(logits, tf.float32)
+            inputs = StepInputs(f[:n], f[n:], lg[:n], lg[n:], y, tf.constant(0.0),
+                                tf.constant(0, tf.int64))
+            loss = tf.reduce_mean(ce)
+            for term, lam in zip(self._terms, self._lams):
+                loss += lam * term(inputs)[0]
         grads = tape.gradient(loss, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         self.loss_tracker.update_state(loss)
@@ -78,11 +86,13 @@ class DDCFitModel(keras.Model):
 
 
 def fit_model(cfg, num_classes: int, ddc: bool) -> keras.Model:
-    """A freshly built network (same seed, freeze and optimizer as ours) compiled for ``fit``."""
+    """A freshly built network (same seed, freeze, terms and optimizer as ours: ``cfg``'s DDC
+    run, or its source-only run) compiled for ``fit``."""
     keras.utils.set_random_seed(cfg.seed)
-    net, opt, _, _ = common.build_net(cfg, num_classes)
+    run = common.build_run(cfg if ddc else common.source_only(cfg), num_classes)
+    net, opt = run.net, run.optimizer
     if ddc:
-        model = DDCFitModel(net.model, cfg.mmd, cfg.mmd.weight)
+        model = DDCFitModel(net.model, run.terms, run.weights)
         model.compile(optimizer=opt, jit_compile=False)
     else:
         model = keras.Model(net.model.inputs, net.model.outputs[0])
@@ -114,7 +124,8 @@ def main(argv: list[str] | None = None) -> str:
     cfg = common.load_config(args.config, args.set)
     name = Path(args.config).stem
     k = NUM_CLASSES.get(name, 10)
-    lam, b = cfg.mmd.weight, cfg.train.batch_size
+    require_mmd(cfg, "bench_step", name)
+    mmd_opts, b = cfg.align["mmd"], cfg.train.batch_size
     data = common.batch_dataset(common.random_batches(cfg, k))
     ft_ours = data.map(lambda xs, y, xt: (xs, y, xt[:0]))  # the loop's source-only stream
     ft_fit = data.map(lambda xs, y, xt: (xs, y))
@@ -123,22 +134,23 @@ def main(argv: list[str] | None = None) -> str:
     variants = {}  # name -> (block, images per step)
     notes = set()
 
-    def ours(label, use_target, **kw):
+    def ours(label, run_cfg, **kw):
         keras.utils.set_random_seed(cfg.seed)
-        run = common.build_run(cfg, k, use_target=use_target, **kw)
+        run = common.build_run(run_cfg, k, **kw)
         notes.add(run.note)
-        it = iter(data if use_target else ft_ours)
-        variants[label] = (common.step_block(run, it, args.steps, lam if use_target else 0.0),
+        it = iter(data if run.use_target else ft_ours)
+        variants[label] = (common.step_block(run, it, args.steps, run.weights),
                            run.images_per_step)
 
-    ours("ours finetune", False)
+    ours("ours finetune", common.source_only(cfg))
     variants["fit finetune"] = (fit_block(fit_model(cfg, k, False), ft_fit, args.steps), b)
-    ours("ours DDC", True)
+    ours("ours DDC", cfg)
     variants["fit DDC"] = (fit_block(fit_model(cfg, k, True), ddc_fit, args.steps), 2 * b)
-    ours("ours DDC, MMD = 0", True, step_cls=StepWithoutMMD)
+    ours("ours DDC, MMD = 0", cfg, replace_terms=WITHOUT_MMD)
     if not args.no_xla:
-        ours("ours DDC XLA", True, jit_compile=True)
-    mmd = mmd_block(b, cfg.model.adapt_width or 256, cfg.mmd.kernel, cfg.mmd.estimator, args.steps)
+        ours("ours DDC XLA", cfg, jit_compile=True)
+    mmd = mmd_block(b, cfg.model.adapt_width or 256, mmd_opts.kernel, mmd_opts.estimator,
+                    args.steps)
     variants["MMD alone"] = (lambda: mmd() * args.steps, 2 * b)
 
     times = common.alternate({n: v[0] for n, v in variants.items()}, args.repeats, warmup=1)

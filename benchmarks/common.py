@@ -22,13 +22,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import dataclasses  # noqa: E402
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ddc import config as ddc_config  # noqa: E402
+from ddc.align import network_layers  # noqa: E402
 from ddc.models import apply_freeze, build_network, resolve_weights  # noqa: E402
-from ddc.train.optim import make_optimizer  # noqa: E402
+from ddc.train.build import backbone_lr_mult, build_step, build_terms  # noqa: E402
 from ddc.train.step import TrainStep  # noqa: E402
 
 CONFIGS = REPO / "configs"
@@ -221,48 +224,71 @@ def resolve_weights_or_none(cfg: ddc_config.Config) -> tuple[str | None, str]:
         return None, f"weights file {cfg.model.weights} not found: random init"
 
 
+def source_only(cfg: ddc_config.Config) -> ddc_config.Config:
+    """``cfg`` with no alignment term (``align={}``): the finetune / source-only run."""
+    return dataclasses.replace(cfg, align={})
+
+
 @dataclass
 class Run:
-    """A network with its freeze, optimizer and traced step, built as ``loop._Stage`` does."""
+    """A network with its freeze, alignment terms, optimizer and traced step, built by
+    ``ddc.train.build`` as the training loop builds them."""
     cfg: ddc_config.Config
     net: object
     optimizer: object
     step: TrainStep
     step_var: tf.Variable
-    use_target: bool
+    terms: list
     note: str
+    done: int = 0  # steps run through ``one_step`` / ``multi_step_block`` (the step index)
+
+    @property
+    def use_target(self) -> bool:
+        """Whether the target batch goes through the network (some term needs it)."""
+        return self.step.use_target
+
+    @property
+    def weights(self) -> list[float]:
+        """Each term's weight λ, its schedule not applied (a step's time does not depend on
+        the values): what a benchmark step passes as ``weights``."""
+        return [float(t.options.weight) for t in self.terms]
 
     @property
     def images_per_step(self) -> int:
         return self.cfg.train.batch_size * (2 if self.use_target else 1)
 
 
-def build_net(cfg: ddc_config.Config, num_classes: int, fused: bool = True):
-    """(network with the config's freeze applied, optimizer over its trainable variables, step
-    counter, note), built as ``loop._Stage`` builds them (``fused=False``: Keras's own optimizer
-    update instead of the fused kernels). The global precision policy must already be
+def build_net(cfg: ddc_config.Config, num_classes: int):
+    """(network with the config's freeze applied, the extra layers its terms read, the resolved
+    weights or None, note). The global precision policy must already be
     ``cfg.train.precision``."""
     weights, note = resolve_weights_or_none(cfg)
     shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
-    net = build_network(cfg.model, shape, num_classes, weights)
+    taps = network_layers(cfg.align)
+    net = build_network(cfg.model, shape, num_classes, weights, taps)
     apply_freeze(net.backbone, cfg.model.freeze)
-    t = cfg.train
-    mult = t.backbone_lr_mult if t.backbone_lr_mult is not None else (0.1 if weights else 1.0)
+    return net, taps, weights, note
+
+
+def build_run(cfg: ddc_config.Config, num_classes: int, *, jit_compile: bool | None = None,
+              fused: bool = True, replace_terms: dict | None = None) -> Run:
+    """Network, freeze, the config's alignment terms, optimizer and ``TrainStep``, built by
+    ``ddc.train.build`` (``fused=False``: Keras's own optimizer update instead of the fused
+    kernels). ``replace_terms``: term name -> an ``AlignTerm`` class built instead of the
+    registered one, with the same options (e.g. a term whose loss is 0). A source-only run is
+    ``build_run(source_only(cfg), ...)``."""
+    net, taps, weights, note = build_net(cfg, num_classes)
+    terms = build_terms(cfg, net, num_classes)
+    for i, term in enumerate(terms):
+        cls = (replace_terms or {}).get(term.name)
+        if cls is not None:
+            terms[i] = cls(term.options, num_classes=term.num_classes, seed=term.seed)
+            terms[i].build(term.feature_dim)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    opt = make_optimizer(t, step_var, net.model.trainable_variables,
-                         list(net.backbone.trainable_variables), mult,
-                         t.precision == "mixed_float16", fused=fused)
-    return net, opt, step_var, note
-
-
-def build_run(cfg: ddc_config.Config, num_classes: int, *, use_target: bool,
-              jit_compile: bool | None = None, step_cls=TrainStep, fused: bool = True) -> Run:
-    """Network, freeze, optimizer and ``TrainStep`` (or ``step_cls``) as the loop builds them."""
-    net, opt, step_var, note = build_net(cfg, num_classes, fused)
-    jit = cfg.train.jit_compile if jit_compile is None else jit_compile
-    step = step_cls(net.model, opt, cfg.mmd, use_target=use_target,
-                    loss_scale=cfg.train.precision == "mixed_float16", jit_compile=jit)
-    return Run(cfg, net, opt, step, step_var, use_target, note)
+    opt, step = build_step(cfg, net.model, net.backbone, terms, step_var,
+                           lr_mult=backbone_lr_mult(cfg, weights), taps=taps, fused=fused,
+                           jit_compile=jit_compile)
+    return Run(cfg, net, opt, step, step_var, terms, note)
 
 
 def random_batches(cfg: ddc_config.Config, num_classes: int, count: int = 4,
@@ -282,23 +308,25 @@ def batch_dataset(batches) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((xs, ys, xt)).repeat().prefetch(tf.data.AUTOTUNE)
 
 
-def one_step(run: Run, batches_iter, lam: float) -> dict:
-    """One training step as the loop runs it: next batch, the step, the step counter. Returns
+def one_step(run: Run, batches_iter, weights: list[float], progress: float = 0.0) -> dict:
+    """One training step as the loop runs it: next batch, the step (each term at its weight in
+    ``weights``, training progress ``progress``, the step's index), the step counter. Returns
     the step's outputs (not yet read back: ``bool(out["finite"])`` is the loop's host sync)."""
     x_s, y_s, x_t = next(batches_iter)
-    out = run.step(x_s, y_s, x_t, lam)
+    out = run.step(x_s, y_s, x_t, weights, progress, run.done)
     run.step_var.assign_add(1)
+    run.done += 1
     return out
 
 
-def step_block(run: Run, batches_iter, steps: int, lam: float) -> Callable[[], float]:
+def step_block(run: Run, batches_iter, steps: int, weights: list[float]) -> Callable[[], float]:
     """A block of ``steps + 1`` steps as the training loop runs them (``one_step`` and the host
     sync); returns the seconds of the last ``steps`` (the first one only primes)."""
 
     def block() -> float:
         t0 = None
         for _ in range(steps + 1):
-            bool(one_step(run, batches_iter, lam)["finite"])
+            bool(one_step(run, batches_iter, weights)["finite"])
             if t0 is None:
                 t0 = time.perf_counter()
         return time.perf_counter() - t0
@@ -306,19 +334,20 @@ def step_block(run: Run, batches_iter, steps: int, lam: float) -> Callable[[], f
     return block
 
 
-def multi_step_block(run: Run, batches_iter, steps: int, lam: float,
+def multi_step_block(run: Run, batches_iter, steps: int, weights: list[float],
                      per_call: int) -> Callable[[], float]:
     """Like ``step_block`` with ``train.steps_per_call = per_call``: ``steps / per_call`` calls
     of ``TrainStep.steps`` (batches read inside the graph; one host sync per call) after one
     priming call; returns their seconds."""
     if steps % per_call:
         raise ValueError(f"steps ({steps}) must be a multiple of steps per call ({per_call})")
-    lams = [lam] * per_call
+    per_step, progress = [list(weights)] * per_call, [0.0] * per_call
 
     def block() -> float:
         t0 = None
         for _ in range(steps // per_call + 1):
-            m = run.step.steps(batches_iter, lams, run.step_var)
+            m = run.step.steps(batches_iter, per_step, progress, run.step_var)
+            run.done += per_call
             bool(m["finite"].numpy().all())
             if t0 is None:
                 t0 = time.perf_counter()
@@ -327,6 +356,5 @@ def multi_step_block(run: Run, batches_iter, steps: int, lam: float,
     return block
 
 
-def check_finite(run: Run, batches_iter, lam: float) -> bool:
-    x_s, y_s, x_t = next(batches_iter)
-    return bool(run.step(x_s, y_s, x_t, lam)["finite"])
+def check_finite(run: Run, batches_iter, weights: list[float]) -> bool:
+    return bool(one_step(run, batches_iter, weights)["finite"])

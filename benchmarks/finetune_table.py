@@ -3,7 +3,8 @@
 Protocol (the reference's): a seeded stratified split of SIRI-WHU with 20% of the images of each
 class for training and 80% held out for testing (``data.val_fraction: 0.8``); the held-out split
 accuracy (``source_val_acc``) is the test accuracy. The target domain is SIRI-WHU too, only
-evaluated (``mmd.weight: 0``). Each seed draws its own split, initialisation and batch order.
+evaluated (``align: {}``: no alignment term). Each seed draws its own split, initialisation and
+batch order.
 
 Variants:
     features  ``configs/siri_whu_features.json``: the backbone runs once over the images,
@@ -15,12 +16,13 @@ Variants:
 
 Usage::
 
-    nice -n 10 python benchmarks/finetune_table.py --data-root /work/shared/data \\
-        --weights-root /work/shared/weights
+    nice -n 10 python benchmarks/finetune_table.py --data-root ../shared/data \\
+        --weights-root ../shared/weights
 
-Finished runs in ``--workdir`` (same config) are reused; ``--restart`` recomputes them. The table
-is written between the markers of ``--out`` (default ``docs/FINETUNE.md``), leaving the rest of
-the document as it is.
+Finished runs in ``--workdir`` (same config, compared ``ddc.config.normalised``: a run written
+with the old ``mmd`` block, or before a new default-valued key, still matches) are reused;
+``--restart`` recomputes them. The table is written between the markers of ``--out`` (default
+``docs/FINETUNE.md``), leaving the rest of the document as it is.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from ddc.config import load  # noqa: E402
+from ddc.config import load, normalised  # noqa: E402
 
 VARIANTS = {
     "features": ("configs/siri_whu_features.json", []),
@@ -64,7 +66,7 @@ def run_one(variant: str, seed: int, args) -> dict:
     workdir = Path(args.workdir) / variant / f"seed{seed}"
     results_path = workdir / "results.json"
     same = (workdir / "config.json").exists() and \
-        json.loads((workdir / "config.json").read_text()) == json.loads(json.dumps(cfg.to_dict()))
+        normalised(json.loads((workdir / "config.json").read_text())) == normalised(cfg.to_dict())
     timing = workdir / "benchmark_wall_s.json"
     if args.restart or not (same and results_path.exists() and timing.exists()):
         t0 = time.time()

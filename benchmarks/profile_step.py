@@ -93,19 +93,19 @@ def main(argv: list[str] | None = None) -> str:
     data = prepare_data(cfg, root)
     k = len(data.class_names)
     x_s, y_s, x_t = data.source_train.images, data.source_train.labels, data.target.images
-    b, lam = cfg.train.batch_size, cfg.mmd.weight
+    b = cfg.train.batch_size
 
     def stream():
         return iter(train_dataset(x_s, y_s, x_t, batch_size=b, seed=cfg.seed,
                                   augment=cfg.data.augment, use_target=True))
 
     keras.utils.set_random_seed(cfg.seed)
-    run = common.build_run(cfg, k, use_target=True)
+    run = common.build_run(cfg, k)
     it = stream()
 
     def ours(n: int) -> None:  # as the training loop runs it, host sync included
         for _ in range(n):
-            bool(common.one_step(run, it, lam)["finite"])
+            bool(common.one_step(run, it, run.weights)["finite"])
 
     methods = {"ours DDC (MMD)": ours}
     if not args.no_adapt:

@@ -24,25 +24,58 @@ def _rows(text: str) -> dict:
     return rows
 
 
+def _active_terms(cfg) -> list:
+    return sorted(name for name, opts in cfg.align.items() if opts.weight > 0)
+
+
 def test_grid_covers_tasks_methods_and_variants():
+    from ddc.align import REGISTRY
     cells = accuracy.build_grid(quick=False, only=None, extra=[])
     ids = {c.id for c in cells}
-    # DDC also at λ = 1, 4 and 16 on SIRI-WHU/AID with the frozen backbone, at 128 and 224 px,
-    # and (AID -> SIRI-WHU only) with class-balanced source batches
-    assert len(ids) == len(cells) == 5 + 2 + 2 * 2 * (5 + 3 * 4) + 2 * 5 + (5 + 3 * 4)
+    assert len(ids) == len(cells)
+    others = [n for n in REGISTRY if n != "mmd"]  # mmd: the DDC methods
+    assert others and {m.name for m in accuracy.registry_methods()} == {
+        f"{n}_lam{lam:g}" for n in others for lam in accuracy.ALIGN_LAMBDAS}
+    ddc = {"ddc_gauss_biased", "ddc_gauss_unbiased", "ddc_gauss_linear", "ddc_linear_kernel"}
+    for task in accuracy.TASKS:
+        for variant in task.variants:
+            names = {c.method.name for c in cells if c.task is task and c.variant == variant}
+            assert "source_only" in names, (task.name, variant)
+            if variant in task.variant_methods:
+                assert names == set(task.variant_methods[variant])
+                continue
+            assert ddc <= names
+            registry = {f"{n}_lam{lam:g}" for n in others for lam in accuracy.ALIGN_LAMBDAS}
+            assert (registry <= names) == (variant in task.align_variants), (task.name, variant)
+            extra = {f"{m}_lam{lam:g}" for m in ddc for lam in task.extra_lambdas}
+            assert (extra <= names) == (variant in task.extra_lambda_variants or not extra)
+            assert names == {"source_only"} | ddc | (
+                extra if variant in task.extra_lambda_variants else set()) | (
+                registry if variant in task.align_variants else set())
+        assert task.align_variants  # every task runs the registry's methods somewhere
     assert "aid_siri_whu/frozen_balanced/ddc_gauss_unbiased_lam16" in ids
+    assert "aid_siri_whu/frozen_balanced/mdd_lam0.1" in ids
     assert not any(i.startswith("siri_whu_aid/frozen_balanced") for i in ids)
     assert {"usps_mnist/3000_steps/source_only", "usps_mnist/3000_steps/ddc_gauss_biased"} < ids
     assert "usps_mnist/3000_steps/ddc_gauss_linear" not in ids
+    assert "usps_mnist/3000_steps/coral_lam1" not in ids and "usps_mnist/coral_lam1" in ids
     assert {"siri_whu_aid/frozen/ddc_gauss_biased_lam1", "aid_siri_whu/frozen/ddc_gauss_linear_lam4",
             "siri_whu_aid/frozen_224/source_only", "aid_siri_whu/frozen_224/ddc_linear_kernel_lam4"} <= ids
     c224 = next(c for c in cells if c.id == "siri_whu_aid/frozen_224/ddc_gauss_biased_lam4")
-    assert {"data.image_size=224", "mmd.weight=4.0"} <= set(c224.overrides(0))
+    assert {"data.image_size=224", "align.mmd.weight=4.0"} <= set(c224.overrides(0))
+    dann = next(c for c in cells if c.id == "siri_whu_aid/frozen/dann_lam0.1")
+    assert 'align={"dann": {"weight": 0.1}}' in dann.overrides(0)
     assert "siri_whu_aid/last_blocks/ddc_gauss_biased_lam1" not in ids
+    assert not any(i.startswith("siri_whu_aid/last_blocks/dann") for i in ids)
     assert {"usps_mnist/source_only", "siri_whu_aid/frozen/ddc_gauss_unbiased",
             "aid_siri_whu/last_blocks/ddc_linear_kernel"} <= ids
     quick = {c.id for c in accuracy.build_grid(quick=True, only=None, extra=[])}
     assert quick < ids and not any("last_blocks" in i for i in quick)
+    # --quick: the registry's other methods at one λ each, with cached features only
+    assert {f"{t}/frozen/{n}_lam1" for n in others for t in ("siri_whu_aid", "aid_siri_whu")} < quick
+    assert not any(i.endswith("_lam0.1") for i in quick)
+    assert {i for i in quick if i.startswith("usps_mnist/")} == {
+        f"usps_mnist/{m.name}" for m in accuracy.METHODS}
     only = accuracy.build_grid(quick=False, only=["siri_whu_aid/frozen", "usps_mnist/ddc_*"],
                                extra=[])
     assert [c.id for c in only] == (  # in the order of the patterns
@@ -54,6 +87,20 @@ def test_grid_covers_tasks_methods_and_variants():
     assert scoped[0].common[-2:] == ["train.steps=9", "train.lr=0.1"]
     assert all("train.steps=9" not in c.common and "train.lr=0.1" in c.common
                for c in scoped[1:])
+
+
+def test_a_newly_registered_term_joins_the_grid(monkeypatch):
+    from ddc import align
+    from ddc.config import load
+    monkeypatch.setitem(align.REGISTRY, "coral_copy", "ddc.align.coral:CORAL")
+    cells = {c.id: c for c in accuracy.build_grid(quick=False, only=None, extra=[])}
+    for task in accuracy.TASKS:
+        for variant in task.align_variants:
+            for lam in accuracy.ALIGN_LAMBDAS:
+                cell = cells["/".join(p for p in (task.name, variant, f"coral_copy_lam{lam:g}") if p)]
+                cfg = load(accuracy.REPO / task.base, cell.overrides(0))
+                assert _active_terms(cfg) == ["coral_copy"] and cfg.align["coral_copy"].weight == lam
+    assert accuracy.method_title("usps_mnist", "coral_copy_lam1").startswith("coral_copy: Deep CORAL")
 
 
 def test_feature_memo_extracts_each_image_once_and_returns_the_same_features():
@@ -84,27 +131,45 @@ def test_feature_memo_extracts_each_image_once_and_returns_the_same_features():
 
 
 def test_overrides_resolve_to_valid_configs_of_each_method():
+    from ddc.align import REGISTRY, term_class
     from ddc.config import load
+    seen = {}  # task -> the sets of active terms of its cells
     for cell in accuracy.build_grid(quick=False, only=None, extra=["train.steps=7"]):
         cfg = load(accuracy.REPO / cell.task.base, cell.overrides(2))
         assert cfg.seed == 2 and cfg.train.steps == 7
         family = cell.method.family or cell.method.name
-        assert (cfg.mmd.weight == 0) == (family == "source_only")
+        term = cell.method.term
+        # exactly the method's own term (the base config's mmd is gone where another runs)
+        assert list(cfg.align) == ([term] if term else []), cell.id
+        assert _active_terms(cfg) == ([term] if term else [])
+        seen.setdefault(cell.task.name, set()).add(term)
+        assert (term == "") == (family == "source_only")
+        assert (term == "mmd") == family.startswith("ddc_")
+        if term and term != "mmd":
+            assert family == term and cell.method.lam in accuracy.ALIGN_LAMBDAS
+            # the term's default options at λ
+            assert cfg.align[term] == term_class(term).Options(weight=cell.method.lam)
         if family == "ddc_linear_kernel":
-            assert cfg.mmd.kernel == "linear"
+            assert cfg.align["mmd"].kernel == "linear"
         if family.startswith("ddc_gauss_"):
-            assert (cfg.mmd.kernel, cfg.mmd.estimator) == ("gaussian", family[10:])
+            assert (cfg.align["mmd"].kernel, cfg.align["mmd"].estimator) == ("gaussian", family[10:])
         if cell.method.lam is not None:
             assert cell.method.name.endswith(f"_lam{cell.method.lam:g}")
-            assert cfg.mmd.weight == cell.method.lam in (1.0, 4.0, 16.0)
+            assert cfg.align[term].weight == cell.method.lam
+            if term == "mmd":
+                assert cell.method.lam in (1.0, 4.0, 16.0)
+        elif term == "mmd":  # the base config's λ
+            assert cfg.align["mmd"].weight == (1.0 if cell.task.name == "usps_mnist" else 0.25)
         if cell.task.name != "usps_mnist":
             assert cfg.mode == "features" and not cfg.data.augment and cfg.data.cache == "disk"
-            assert cfg.mmd.weight in (0, 0.25, 1.0, 4.0, 16.0) and cfg.model.adapt_width == 256
+            assert cfg.model.adapt_width == 256
             want = {"frozen": ("backbone", None), "frozen_224": ("backbone", None),
                     "frozen_balanced": ("backbone", None), "last_blocks": ("until", "block_15_add")}
             assert (cfg.model.freeze.mode, cfg.model.freeze.layer) == want[cell.variant]
             assert cfg.data.balance_source == (cell.variant == "frozen_balanced")
             assert cfg.data.image_size == (224 if cell.variant == "frozen_224" else 128)
+    # every registered method, and source only, on every task
+    assert seen == {t.name: {""} | set(REGISTRY) for t in accuracy.TASKS}
     aid = load(accuracy.REPO / "configs/grid/aid_siri_whu.json")
     assert aid.data.source.root == "aid" and aid.data.target.root == "siri_whu"
     assert aid.data.source.class_map["SparseResidential"] == "residential"
@@ -116,18 +181,25 @@ def test_effective_overrides_keep_the_last_value_of_a_key():
 
 
 def test_lambda_is_chosen_by_source_validation_only():
-    def s(method, lam, src_val, acc):
+    def s(method, lam, src_val, acc, term="mmd"):
         return {"task": "siri_whu_aid", "variant": "frozen", "method": method,
                 "id": f"siri_whu_aid/frozen/{method}", "source_val_acc": src_val,
-                "target_acc": acc, "target_acc_std": 0.0, "config_seed0": {"mmd": {"weight": lam}}}
+                "target_acc": acc, "target_acc_std": 0.0,
+                # the λ is the weight of the method's own term (a decoy term is not read)
+                "config_seed0": {"align": {term: {"weight": lam}, "decoy": {"weight": 99.0}}
+                                 if term else {}}}
     sel = accuracy.select_lambdas([
-        s("source_only", 0.0, 0.90, 0.50),
+        s("source_only", 0.0, 0.90, 0.50, term=""),
         s("ddc_gauss_biased", 0.25, 0.90, 0.60), s("ddc_gauss_biased_lam1", 1.0, 0.892, 0.55),
         s("ddc_linear_kernel", 0.25, 0.90, 0.51), s("ddc_linear_kernel_lam1", 1.0, 0.85, 0.70),
-        s("ddc_gauss_unbiased", 0.25, 0.90, 0.52)])  # one λ only: no choice to make
-    assert [(c["method"], c["lambda"]) for c in sel] == [("ddc_gauss_biased", 1.0),
-                                                         ("ddc_linear_kernel", 0.25)]
+        s("ddc_gauss_unbiased", 0.25, 0.90, 0.52),  # one λ only: no choice to make
+        s("coral_lam1", 1.0, 0.80, 0.90, "coral"), s("coral_lam0.1", 0.1, 0.895, 0.40, "coral"),
+        s("mcc_lam1", 1.0, 0.95, 0.40, "mcc"), s("mcc_lam0.1", 0.1, 0.95, 0.99, "mcc")])
+    assert [(c["method"], c["lambda"]) for c in sel] == [
+        ("ddc_gauss_biased", 1.0), ("ddc_linear_kernel", 0.25), ("coral", 0.1), ("mcc", 1.0)]
     assert sel[0]["gain"] == pytest.approx(0.05) and sel[1]["id"].endswith("ddc_linear_kernel")
+    assert [c["lambda"] for c in sel[2]["candidates"]] == [0.1, 1.0]
+    assert sel[3]["id"] == "siri_whu_aid/frozen/mcc_lam1" and sel[3]["gain"] == pytest.approx(-0.1)
 
 
 def test_bars_compare_each_ddc_cell_with_source_only_of_its_variant():
@@ -140,7 +212,8 @@ def test_bars_compare_each_ddc_cell_with_source_only_of_its_variant():
         s("siri_whu_aid", "frozen", "source_only", 0.54),
         s("siri_whu_aid", "frozen", "ddc_gauss_biased", 0.56),
         s("siri_whu_aid", "last_blocks", "source_only", 0.50),
-        s("siri_whu_aid", "last_blocks", "ddc_gauss_biased", 0.56)])
+        s("siri_whu_aid", "last_blocks", "ddc_gauss_biased", 0.56),
+        s("siri_whu_aid", "frozen", "dann_lam1", 0.90)])  # the bars are DDC's: not checked
     assert [(c["id"], c["passed"]) for c in checks] == [
         ("usps_mnist//ddc_gauss_biased", True), ("usps_mnist//ddc_linear_kernel", False),
         ("siri_whu_aid/frozen/ddc_gauss_biased", False),
@@ -163,7 +236,8 @@ def test_smallest_cell_end_to_end_writes_the_row_and_resumes(tmp_path):
     assert 0 <= acc <= 100
     data = json.loads((tmp_path / "runs" / "results.json").read_text())
     (cell,) = data["cells"]
-    assert cell["steps"] == [5] and cell["config_seed0"]["mmd"]["weight"] == 0
+    assert cell["steps"] == [5] and cell["config_seed0"]["align"] == {}
+    assert "mmd" not in cell["config_seed0"] and cell["overrides"] == ["align={}"]
     assert cell["target_acc"] == pytest.approx(acc / 100, abs=5e-4)
     run_dir = cell["run_dirs"][0]
     assert json.loads(open(f"{run_dir}/results.json").read())["target_acc"] == cell["target_acc"]
@@ -202,6 +276,70 @@ def test_smallest_cell_end_to_end_writes_the_row_and_resumes(tmp_path):
     old = json.loads((tmp_path / "fresh" / "results.json").read_text())["cells"][0]
     assert "legacy.json" in old["reused_from"] and old["target_acc"] == cell["target_acc"]
     assert old["config_seed0"]["data"]["balance_source"] is False
+    # ... and one written with the old mmd block (mmd.weight=0 is source only, align={})
+    older = json.loads(first.read_text())
+    conf = older["cells"][0]["config_seed0"]
+    del conf["align"], conf["train"]["steps_per_call"]
+    conf["mmd"] = {"kernel": "gaussian", "estimator": "biased", "weight": 0.0,
+                   "multipliers": [0.25, 0.5, 1.0, 2.0, 4.0], "schedule": "constant"}
+    older["cells"][0]["overrides"] = ["mmd.weight=0"]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    md = accuracy.main(fresh[:-1] + [str(tmp_path / "older.json")])
+    old = json.loads((tmp_path / "fresh" / "results.json").read_text())["cells"][0]
+    assert "older.json" in old["reused_from"] and old["target_acc"] == cell["target_acc"]
+    assert old["config_seed0"]["align"] == {} and "mmd" not in old["config_seed0"]
+    # the overrides shown are the ones that make this config now (the old ones are refused)
+    assert old["overrides"] == ["align={}"] and "mmd.weight=0" not in md
+    # an old mmd block that differs (weight 0.5: not source only) does not match
+    conf["mmd"]["weight"] = 0.5
+    (tmp_path / "other.json").write_text(json.dumps(older))
+    accuracy.main(fresh[:-1] + [str(tmp_path / "other.json")])
+    other = json.loads((tmp_path / "fresh" / "results.json").read_text())["cells"][0]
+    assert "reused_from" not in other and other["steps"] == [5]
+
+
+@needs_digits
+def test_a_registry_cell_runs_end_to_end_beside_source_only(tmp_path):
+    # not --quick (which runs the registry's methods with cached features only); every output
+    # under tmp_path (the full grid's default is docs/)
+    runs = tmp_path / "runs"
+    args = ["--only", "usps_mnist/source_only,usps_mnist/dann_lam1", "--seeds", "0",
+            "--steps", "3", "--max-per-class", "8", "--runs", str(runs),
+            "--out", str(runs / "RESULTS.md"), "--json", str(runs / "results.json"),
+            "--data-root", str(DATA_ROOT), "--weights-root", str(WEIGHTS_ROOT)]
+    md = accuracy.main(args)
+    assert (runs / "RESULTS.md").read_text() == md and "reduced grid" in md
+    data = json.loads((tmp_path / "runs" / "results.json").read_text())
+    cells = {c["id"]: c for c in data["cells"]}
+    assert list(cells) == ["usps_mnist/source_only", "usps_mnist/dann_lam1"]
+    dann = cells["usps_mnist/dann_lam1"]
+    assert list(dann["config_seed0"]["align"]) == ["dann"]
+    assert dann["config_seed0"]["align"]["dann"]["weight"] == 1.0 and dann["steps"] == [3]
+    row = _rows(md)["usps_mnist/dann_lam1"]
+    assert row[1].startswith("dann: DANN") and row[5].startswith(("+", "-"))  # Δ vs source only
+    assert data["bars"] == []  # no DDC cell ran
+    log = json.loads(open(f"{dann['run_dirs'][0]}/results.json").read())
+    assert log["target_acc"] == dann["target_acc"]
+
+
+def test_the_committed_results_are_reused_by_the_current_grid():
+    """``--reuse docs/results.json``: every committed cell (written with the old ``mmd`` block)
+    still matches its cell's resolved config, and the λ choices and bars come out the same."""
+    path = accuracy.REPO / "docs" / "results.json"
+    if not path.exists():
+        pytest.skip("no committed docs/results.json")
+    data = json.loads(path.read_text())
+    reusable, origin = accuracy.load_reusable(str(path))
+    cells = {c.id: c for c in accuracy.build_grid(quick=False, only=None, extra=[])}
+    assert set(reusable) <= set(cells)
+    got = [accuracy.reused_summary(cells[i], data["seeds"], reusable, origin) for i in reusable]
+    assert got and all(g is not None for g in got)
+    assert all("align" in g["config_seed0"] and "mmd" not in g["config_seed0"] for g in got)
+    sel = accuracy.select_lambdas(got)
+    assert [(c["id"], c["lambda"]) for c in sel] == [
+        (c["id"], c["lambda"]) for c in data["lambda_by_source_val"]]
+    assert [(c["id"], c["passed"]) for c in accuracy.check_bars(got)] == [
+        (c["id"], c["passed"]) for c in data["bars"]]
 
 
 def test_reuse_rejects_a_file_that_is_not_a_results_file(tmp_path):

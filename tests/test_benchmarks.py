@@ -29,7 +29,7 @@ def tiny_jpeg_config(tmp_path, write_config):
            "data": {"source": {"root": str(src)}, "target": {"root": str(tgt)},
                     "image_size": 16, "channels": 3, "val_fraction": 0.25, "augment": True},
            "model": {"backbone": "lenet", "adapt_width": 16},
-           "mmd": {"weight": 0.5},
+           "align": {"mmd": {"weight": 0.5}},
            "train": {"steps": 10, "batch_size": 4, "optimizer": "adam", "lr": 0.001}}
     return write_config(cfg), tmp_path
 
@@ -50,6 +50,70 @@ def test_common_helpers():
     # warm-up in order, then each round rotated by one: nobody always runs first
     assert "".join(calls) == "ABC" + "ABC" + "BCA" + "CAB" + "ABC"
     assert times == {"A": [1.0] * 4, "B": [2.0] * 4, "C": [3.0] * 4}
+
+
+def test_build_run_builds_the_configs_terms_or_none():
+    import numpy as np
+    cfg = common.load_config("demo", ["train.batch_size=4", "model.adapt_width=8"])
+    run = common.build_run(cfg, 5)
+    assert [t.name for t in run.terms] == ["mmd"] and run.weights == [cfg.align["mmd"].weight]
+    assert run.use_target and run.images_per_step == 8
+    # the optimizer updates exactly the step's variables: the network's trainable ones
+    assert [v.path for v in run.step.variables] == [v.path for v in run.net.model.trainable_variables]
+    ft = common.build_run(common.source_only(cfg), 5)
+    assert ft.terms == [] and ft.weights == [] and not ft.use_target and ft.images_per_step == 4
+    assert cfg.align and common.source_only(cfg).align == {}  # a copy: cfg keeps its terms
+    # a term with variables of its own: they join the step's update
+    dann = common.build_run(common.load_config("demo", ["train.batch_size=4", "model.adapt_width=8",
+                                                        'align={"dann": {"weight": 1.0}}']), 5)
+    extra = [v.path for v in dann.step.variables[len(dann.net.model.trainable_variables):]]
+    assert extra and all("dann" in p for p in extra)
+    it = iter(common.batch_dataset(common.random_batches(cfg, 5, count=2)))
+    for r in (run, ft, dann):
+        out = common.one_step(r, it, r.weights)
+        assert bool(out["finite"]) and int(r.step_var.numpy()) == r.done == 1
+    assert set(dann.step.outputs) >= {"align/dann", "align/dann/disc_acc"}
+    blk = common.multi_step_block(run, it, 2, run.weights, per_call=2)
+    assert blk() > 0 and int(run.step_var.numpy()) == run.done == 5  # priming call + one timed
+    assert np.isfinite(float(common.one_step(run, it, [0.0])["align/mmd"]))
+
+
+def test_step_without_mmd_keeps_the_target_pass_and_drops_only_the_mmd():
+    cfg = common.load_config("demo", ["train.batch_size=4", "model.adapt_width=8"])
+    batch = common.random_batches(cfg, 5, count=1)[0]
+    outs = {}
+    for label, replace in (("ddc", None), ("zero", bench_mmd.WITHOUT_MMD)):
+        run = common.build_run(cfg, 5, replace_terms=replace)
+        assert run.use_target and [t.name for t in run.terms] == ["mmd"]
+        outs[label] = {k: float(v) for k, v in run.step(*batch, run.weights).items()}
+    assert outs["ddc"]["align/mmd"] > 0 and outs["zero"]["align/mmd"] == 0.0
+    assert outs["zero"]["align/mmd/bandwidth_base"] > 0
+    assert outs["zero"]["total_loss"] == pytest.approx(outs["zero"]["cls_loss"], rel=1e-6)
+
+
+def test_fit_ddc_model_computes_our_steps_loss():
+    """``fit DDC``'s train_step and our step: the same loss on the same batch from the same
+    weights (it times Keras's machinery around the same arithmetic)."""
+    import keras
+    cfg = common.load_config("demo", ["train.batch_size=4", "model.adapt_width=8"])
+    x_s, y, x_t = common.random_batches(cfg, 5, count=1)[0]
+    keras.utils.set_random_seed(cfg.seed)
+    ours = common.build_run(cfg, 5)
+    want = float(ours.step(x_s, y, x_t, ours.weights)["total_loss"])
+    fit = bench_step.fit_model(cfg, 5, True)
+    got = float(fit.train_step(((x_s, x_t), y))["loss"])
+    assert got == pytest.approx(want, rel=1e-5)
+    ft = bench_step.fit_model(cfg, 5, False)
+    assert ft.outputs[0].shape[-1] == 5
+
+
+def test_bench_step_and_mmd_need_the_mmd_term():
+    with pytest.raises(SystemExit, match="no active mmd term"):
+        bench_step.main(["--config", "demo", "--set", "align={}"])
+    for spec in ('align={"coral": {}}', 'align.mmd.weight=0'):
+        with pytest.raises(SystemExit, match="no active mmd term"):
+            bench_mmd.require_mmd(common.load_config("demo", [spec]), "bench_mmd", "demo")
+    bench_mmd.require_mmd(common.load_config("demo"), "bench_mmd", "demo")  # has it: no exit
 
 
 def test_bench_mmd_smallest():
