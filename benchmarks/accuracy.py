@@ -116,13 +116,21 @@ def _term_summary(name: str) -> str:
 
 def registry_methods(lambdas: tuple = ALIGN_LAMBDAS) -> list[Method]:
     """One method per registered term that METHODS does not already run (``mmd``: the DDC
-    methods), at each λ of ``lambdas``; in the registry's order."""
-    from ddc.align import REGISTRY
+    methods), and one per named option set of its ``variants`` (e.g. CDAN+E), at each λ of
+    ``lambdas``; in the registry's order."""
+    from ddc.align import REGISTRY, term_class
     covered = {m.term for m in METHODS}
-    return [Method(f"{name}_lam{lam:g}", f"{name}: {_term_summary(name)}, λ = {lam:g}",
-                   ["align=" + json.dumps({name: {"weight": lam}})], family=name, lam=lam,
-                   term=name)
-            for name in REGISTRY if name not in covered for lam in lambdas]
+    out = []
+    for name in REGISTRY:
+        if name in covered:
+            continue
+        for family, opts in [(name, {}), *term_class(name).variants.items()]:
+            what = name if not opts else f"{name} with {json.dumps(opts)}"
+            out += [Method(f"{family}_lam{lam:g}", f"{what}: {_term_summary(name)}, λ = {lam:g}",
+                           ["align=" + json.dumps({name: {"weight": lam, **opts}})],
+                           family=family, lam=lam, term=name)
+                    for lam in lambdas]
+    return out
 
 # MobileNetV2 in mode "features": "frozen" trains only the head on the cached pooled features;
 # "frozen_224" is the same at the backbone's native 224 px instead of 128 (better features for

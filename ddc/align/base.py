@@ -91,6 +91,9 @@ class AlignTerm:
     needs_target: ClassVar[bool] = True
     reads: ClassVar[tuple] = ("features",)
     diagnostics: ClassVar[tuple] = ()
+    # named option sets worth comparing besides the defaults (the accuracy grid runs each as
+    # a method of its own), e.g. {"cdan_e": {"entropy_conditioning": True}}
+    variants: ClassVar[dict] = {}
 
     def __init__(self, options: TermOptions, *, num_classes: int, seed: int = 0):
         self.options, self.num_classes, self.seed = options, num_classes, seed

@@ -38,6 +38,7 @@ class CDAN(AlignTerm):
     Options = CDANOptions
     reads = ("features", "logits")
     diagnostics = ("disc_acc", "grl_coeff")
+    variants = {"cdan_e": {"entropy_conditioning": True}}
 
     @property
     def randomized(self) -> bool:
