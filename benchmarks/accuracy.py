@@ -397,6 +397,14 @@ def has_finished_runs(cell: Cell, seeds: list[int], runs: Path) -> bool:
                for seed in seeds)
 
 
+def _relative(path: Path) -> str:
+    """``path`` relative to the repo when it is inside it (no machine path in the report)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def run_cell_seed(cell: Cell, seed: int, runs: Path, data_root: Path, weights_root: Path) -> dict:
     """Trains one seed of ``cell`` (or reads back a finished run of the same config).
 
@@ -425,7 +433,7 @@ def run_cell_seed(cell: Cell, seed: int, runs: Path, data_root: Path, weights_ro
         (workdir / "accuracy_benchmark.json").write_text(json.dumps(meta, indent=2))
         keras.backend.clear_session()  # one process runs the whole grid
         resumed = False
-    return {**res, "run_dir": str(workdir), "overrides": overrides, "config": config,
+    return {**res, "run_dir": _relative(workdir), "overrides": overrides, "config": config,
             "resumed": resumed, "total_wall_s": meta["total_wall_s"]}
 
 
