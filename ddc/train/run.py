@@ -54,9 +54,13 @@ class Stage:
                                                   max_to_keep=cfg.train.keep_checkpoints)
         self.checkpoint = ckpt
         counts = variable_counts(model)
-        log.info("stage %s: %d trainable variables (%d params), %d frozen (%d params)%s",
+        own = [v for t in run.terms for v in t.trainable_variables]
+        counts["alignment_params"] = int(sum(int(tf.size(v)) for v in own))
+        log.info("stage %s: %d trainable variables (%d params), %d frozen (%d params)%s%s",
                  "head only" if head_only else "main", counts["trainable_variables"],
                  counts["trainable_params"], counts["frozen_variables"], counts["frozen_params"],
+                 f"; alignment terms' own: {len(own)} variables ({counts['alignment_params']} "
+                 "params)" if own else "",
                  f"; backbone lr x{run.backbone_lr_mult:g}" if slow else "")
         self.counts = counts
 
