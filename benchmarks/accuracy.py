@@ -3,7 +3,8 @@
 Every run is ``ddc.config.load(base, overrides)`` + ``ddc.train.train_and_evaluate`` (what
 ``scripts/train_ddc.py --config BASE --set ...`` does), in its own run directory under
 ``--runs``. The script writes ``docs/RESULTS.md`` (tables: target accuracy mean ± std over the
-seeds, mean per-class accuracy, steps, wall time, the exact config) and ``docs/results.json``.
+seeds, mean per-class accuracy, steps, wall time, the exact config) and ``<runs>/results.json``
+(machine-readable, a run output: not committed; pass it to ``--reuse`` later).
 
 Resumable: a run whose directory already holds ``results.json`` for the same config is read
 back, not rerun. The run directory's name carries a hash of the config, so a changed config
@@ -685,7 +686,7 @@ def parse_args(argv):
     p.add_argument("--out", default=None, help="markdown report (default docs/RESULTS.md; "
                    "quick: <runs>/RESULTS.md)")
     p.add_argument("--json", default=None, help="machine-readable results (default "
-                   "docs/results.json; quick: <runs>/results.json)")
+                   "<runs>/results.json)")
     p.add_argument("--reuse", default=None, metavar="RESULTS_JSON",
                    help="read cells back from an earlier results.json where their resolved "
                    "config and seeds are identical (marked † in the report)")
@@ -723,7 +724,7 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"--only {args.only!r} matches no cell")
     runs = Path(args.runs or REPO / ("runs/accuracy-quick" if args.quick else "runs/accuracy"))
     out_md = Path(args.out or (runs / "RESULTS.md" if args.quick else REPO / "docs/RESULTS.md"))
-    out_json = Path(args.json or (runs / "results.json" if args.quick else REPO / "docs/results.json"))
+    out_json = Path(args.json or runs / "results.json")  # a run output: not committed
     command = command_line(argv)
     memo = FeatureMemo()
     with contextlib.nullcontext() if args.no_feature_memo else memo.installed():

@@ -330,26 +330,6 @@ def test_a_registry_cell_runs_end_to_end_beside_source_only(tmp_path):
     assert log["target_acc"] == dann["target_acc"]
 
 
-def test_the_committed_results_are_reused_by_the_current_grid():
-    """``--reuse docs/results.json``: every committed cell (written with the old ``mmd`` block)
-    still matches its cell's resolved config, and the λ choices and bars come out the same."""
-    path = accuracy.REPO / "docs" / "results.json"
-    if not path.exists():
-        pytest.skip("no committed docs/results.json")
-    data = json.loads(path.read_text())
-    reusable, origin = accuracy.load_reusable(str(path))
-    cells = {c.id: c for c in accuracy.build_grid(quick=False, only=None, extra=[])}
-    assert set(reusable) <= set(cells)
-    got = [accuracy.reused_summary(cells[i], data["seeds"], reusable, origin) for i in reusable]
-    assert got and all(g is not None for g in got)
-    assert all("align" in g["config_seed0"] and "mmd" not in g["config_seed0"] for g in got)
-    sel = accuracy.select_lambdas(got)
-    assert [(c["id"], c["lambda"]) for c in sel] == [
-        (c["id"], c["lambda"]) for c in data["lambda_by_source_val"]]
-    assert [(c["id"], c["passed"]) for c in accuracy.check_bars(got)] == [
-        (c["id"], c["passed"]) for c in data["bars"]]
-
-
 def test_reuse_rejects_a_file_that_is_not_a_results_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"cells": 3}')

@@ -82,8 +82,9 @@ class AlignTerm:
     ``reads`` (what they read: any of ``features``, ``logits``, ``labels``, or the layer names
     of :meth:`layers`), ``diagnostics`` (the names of the scalars they return beside the
     loss), and implement ``__call__``. A term with variables of its own creates them in
-    ``create_variables`` (called once by ``build``, under the strategy scope) and lists them in
-    ``trainable_variables`` and ``state``; they join the optimizer's update and the checkpoint.
+    ``create_variables`` (called once by ``build``, under the strategy scope), appending the
+    networks it owns to ``self.owned`` (their variables are then in ``trainable_variables`` and
+    ``state``); they join the optimizer's update and the checkpoint.
     """
 
     name: ClassVar[str] = ""
@@ -98,6 +99,7 @@ class AlignTerm:
     def __init__(self, options: TermOptions, *, num_classes: int, seed: int = 0):
         self.options, self.num_classes, self.seed = options, num_classes, seed
         self.feature_dim = None
+        self.owned = []  # the networks this term owns (e.g. an ``_mlp.MLP`` discriminator)
 
     def layers(self) -> tuple:
         """Names of extra network layers this term reads (beyond features and logits)."""
@@ -113,12 +115,23 @@ class AlignTerm:
 
     @property
     def trainable_variables(self) -> list:
-        return []
+        return [v for net in self.owned for v in net.trainable_variables]
 
     def state(self) -> dict:
         """Every variable of the term by name, for the checkpoint (trainable or not)."""
-        return {}
+        return {k: v for net in self.owned for k, v in net.state().items()}
 
     def __call__(self, x: StepInputs):
         """Returns ``(loss, {diagnostic: scalar})``, float32 scalars, on the global batch."""
         raise NotImplementedError
+
+
+class LayersTerm(AlignTerm):
+    """A term over the network layers named by its ``layers`` option (DAN, JAN)."""
+
+    @property
+    def reads(self):
+        return tuple(self.options.layers)
+
+    def layers(self):
+        return tuple(n for n in self.options.layers if n not in BUILTIN_LAYERS)

@@ -57,14 +57,11 @@ class CDAN(AlignTerm):
                                    trainable=False, name="cdan_r_g")
         in_dim = o.random_dim if self.randomized else d * k
         self.disc = MLP(in_dim, o.hidden, 1, o.dropout, self.seed, "cdan_disc")
-
-    @property
-    def trainable_variables(self):
-        return self.disc.trainable_variables
+        self.owned.append(self.disc)
 
     def state(self):
         extra = {"r_f": self.r_f, "r_g": self.r_g} if self.randomized else {}
-        return {**self.disc.state(), **extra}
+        return {**super().state(), **extra}
 
     def _map(self, f, logits):
         g = tf.nn.softmax(logits)

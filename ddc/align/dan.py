@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import tensorflow as tf
 
 from ddc.align import _checks
-from ddc.align.base import BUILTIN_LAYERS, AlignTerm, TermOptions
+from ddc.align.base import LayersTerm, TermOptions
 from ddc.losses import mmd2
 
 
@@ -27,20 +27,13 @@ class DANOptions(TermOptions):
                             "an even integer >= 2 for the linear estimator", b)
 
 
-class DAN(AlignTerm):
+class DAN(LayersTerm):
     """``sum_l MMD²(layer_l(source), layer_l(target))`` with ``mmd2``'s multi-bandwidth Gaussian
     kernel, one bandwidth base per layer. Default layers: the adaptation features and the
     logits (DAN adapts the last task-specific layers)."""
 
     name = "dan"
     Options = DANOptions
-
-    @property
-    def reads(self):
-        return tuple(self.options.layers)
-
-    def layers(self):
-        return tuple(n for n in self.options.layers if n not in BUILTIN_LAYERS)
 
     def __call__(self, x):
         o = self.options

@@ -48,13 +48,7 @@ class DANN(AlignTerm):
     def create_variables(self):
         o = self.options
         self.disc = MLP(self.feature_dim, o.hidden, 1, o.dropout, self.seed, "dann_disc")
-
-    @property
-    def trainable_variables(self):
-        return self.disc.trainable_variables
-
-    def state(self):
-        return self.disc.state()
+        self.owned.append(self.disc)
 
     def __call__(self, x):
         coeff = reversal_coeff(self.options, x.progress)

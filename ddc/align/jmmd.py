@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ddc.align import _checks
-from ddc.align.base import BUILTIN_LAYERS, AlignTerm, TermOptions
+from ddc.align.base import LayersTerm, TermOptions
 from ddc.losses import jmmd
 
 
@@ -24,19 +24,12 @@ class JMMDOptions(TermOptions):
                             "an integer >= 2 for the unbiased estimator", cfg.train.batch_size)
 
 
-class JMMD(AlignTerm):
+class JMMD(LayersTerm):
     """``jmmd`` of the named layers: the kernel is the product of each layer's kernel, so it
     aligns their joint distribution (features and predictions together)."""
 
     name = "jmmd"
     Options = JMMDOptions
-
-    @property
-    def reads(self):
-        return tuple(self.options.layers)
-
-    def layers(self):
-        return tuple(n for n in self.options.layers if n not in BUILTIN_LAYERS)
 
     def __call__(self, x):
         o = self.options

@@ -39,13 +39,7 @@ class MDD(AlignTerm):
         o = self.options
         self.adv = MLP(self.feature_dim, o.hidden, self.num_classes, o.dropout, self.seed,
                        "mdd_adv")
-
-    @property
-    def trainable_variables(self):
-        return self.adv.trainable_variables
-
-    def state(self):
-        return self.adv.state()
+        self.owned.append(self.adv)
 
     def __call__(self, x):
         coeff = reversal_coeff(self.options, x.progress)
