@@ -9,14 +9,28 @@ from ddc.config import ConfigError, from_dict
 from ddc.train import train_and_evaluate
 
 
-@pytest.mark.parametrize("freeze", [{"mode": "until", "layer": "pool1"}, {"mode": "backbone"}])
-def test_features_mode_matches_full_network_mode(tmp_path, tiny_trees, freeze):
+@pytest.fixture(autouse=True)
+def _own_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("DDC_CACHE_DIR", str(tmp_path / "cache"))  # the feature cache too
+
+
+@pytest.mark.parametrize("freeze,augment", [({"mode": "until", "layer": "pool1"}, False),
+                                            ({"mode": "backbone"}, False),
+                                            ({"mode": "until", "layer": "pool1"}, "d4"),
+                                            ({"mode": "backbone"}, True)])
+def test_features_mode_matches_full_network_mode(tmp_path, tiny_trees, freeze, augment):
+    """Also with augmentation: mode "features" picks the precomputed features of the view that
+    mode "train" applies to the image (the same draw), so both train the same model."""
     base = tiny_config(*tiny_trees, steps=5, optimizer="sgd", lr=0.05)
     base["model"]["freeze"] = freeze
+    base["data"]["augment"] = augment
     base["deterministic"] = True
     full = train_and_evaluate(from_dict(base), tmp_path / "full")
     feat = train_and_evaluate(from_dict({**base, "mode": "features"}), tmp_path / "feat")
     assert feat["variables"]["trainable_params"] == full["variables"]["trainable_params"]
+    # the cached frozen part counts as frozen (it did not read "0 frozen")
+    assert feat["variables"]["frozen_params"] == full["variables"]["frozen_params"] > 0
+    assert feat["features_extracted"] > 0 and full["features_extracted"] is None
     np.testing.assert_allclose(feat["target_entropy"], full["target_entropy"], rtol=1e-4)
     assert feat["target_acc"] == full["target_acc"]
     # the checkpoints hold the whole network in both modes, with the same trained weights
@@ -35,6 +49,9 @@ def test_features_mode_config_rules(tiny_trees):
     with pytest.raises(ConfigError, match="model.freeze.mode: expected a frozen start"):
         from_dict({**base, "mode": "features"})
     base["model"]["freeze"] = {"mode": "backbone"}
-    base["data"]["augment"] = True
-    with pytest.raises(ConfigError, match="data.augment: expected false in mode"):
+    for ok in (False, True, "flips", "d4"):  # every augmentation works on cached features
+        base["data"]["augment"] = ok
+        assert from_dict({**base, "mode": "features"}).data.augment == ok
+    base["data"]["augment"] = "d8"
+    with pytest.raises(ConfigError, match='data.augment: expected true or false, "flips" or'):
         from_dict({**base, "mode": "features"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 
 class ConfigError(ValueError):
@@ -42,7 +42,11 @@ class DataConfig:
     val_fraction: float = 0.2
     cache: str = "memory"          # "memory" or "disk" (decoded, resized uint8 arrays)
     cache_dir: Optional[str] = None
-    augment: bool = False          # random horizontal and vertical flips of training images
+    # training views (ddc.data.views): false; true or "flips" (random left-right and up-down
+    # flips); "d4" (one of the 8 rotations and flips of the square); in mode "features" the
+    # frozen part's output is extracted once per view and each step draws one view per image
+    augment: Union[bool, str] = False
+    feature_cache: bool = True     # mode "features": keep the frozen part's output on disk
     balance_source: bool = False   # source batches draw each class equally often (source labels only)
     skip_bad_files: bool = False   # skip unreadable images (each named in the log) instead of failing
     decode_workers: int = 8
@@ -94,6 +98,7 @@ class TrainConfig:
     steps_per_call: int = 1           # training steps per traced call (in-graph loop; same math)
     distribute: str = "none"          # "none", "mirrored" (GPUs of one machine), "multi_worker" (TF_CONFIG)
     eval_batch_size: int = 128
+    tta: bool = False                 # also report accuracies of the softmax averaged over the 8 D4 views
 
 
 @dataclass

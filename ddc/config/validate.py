@@ -19,9 +19,9 @@ def _check(cond: bool, key: str, expected: str, value):
 
 def _check_data(cfg: Config) -> None:
     data = cfg.data
-    if cfg.mode == "features":
-        _check(not data.augment, "data.augment", "false in mode \"features\" (cached features "
-               "cannot be flipped)", data.augment)
+    _check(any(data.augment is v or (isinstance(v, str) and data.augment == v)
+               for v in (False, True, "flips", "d4")), "data.augment",
+           "true or false, \"flips\" or \"d4\"", data.augment)
     for name, dom in (("data.source", data.source), ("data.target", data.target)):
         given = [s for s in ("root", "tfds", "synthetic") if getattr(dom, s)]
         _check(len(given) == 1, name, "exactly one of root, tfds or synthetic", given)

@@ -2,10 +2,11 @@
 
 Each stream is the classic ``shuffle -> repeat -> batch(drop_remainder=True)`` over a decoded
 array, written so that batch ``s`` is a pure function of ``(seed, s)``: epoch ``e = s // (N // B)``
-uses the permutation drawn from ``default_rng([seed, stream, e])`` and the flips from
-``default_rng([seed, stream, s])``. A resumed run therefore continues with exactly the batches
-the uninterrupted run would have seen (no shuffle buffer state to lose). Batches are gathered in
-parallel (``num_parallel_calls=AUTOTUNE``, order kept), zipped, and prefetched.
+uses the permutation drawn from ``default_rng([seed, stream, e])`` and the flips (or D4 views,
+``ddc.data.views``) from ``default_rng([seed, stream, s, ...])``. A resumed run therefore
+continues with exactly the batches the uninterrupted run would have seen (no shuffle buffer
+state to lose). Batches are gathered in parallel (``num_parallel_calls=AUTOTUNE``, order kept),
+zipped, and prefetched.
 
 Images stay uint8 in the pipeline; the model converts and preprocesses them.
 """
@@ -16,6 +17,8 @@ import functools
 
 import numpy as np
 import tensorflow as tf
+
+from ddc.data.views import apply_views, augment_mode, augment_views
 
 SOURCE_STREAM, TARGET_STREAM = 0, 1
 
@@ -59,25 +62,54 @@ class BatchSampler:
         return np.random.default_rng([self.seed, self.stream, int(step), 7]).random(
             (self.batch_size, 2)) < 0.5
 
+    def d4(self, step: int) -> np.ndarray:
+        """[B] D4 view indices, uniform over 0..7 (``ddc.data.views``)."""
+        return np.random.default_rng([self.seed, self.stream, int(step), 8]).integers(
+            0, 8, self.batch_size)
+
+    def views(self, step: int, augment) -> np.ndarray:
+        """[B] the D4 view of each item of batch ``step`` under ``data.augment = augment``."""
+        mode = augment_mode(augment)
+        if mode is None:
+            return np.zeros(self.batch_size, np.int64)
+        if mode == "d4":
+            return self.d4(step)
+        f = self.flips(step).astype(np.int64)
+        return np.asarray(augment_views(mode))[f[:, 0] + 2 * f[:, 1]]
+
 
 def _stream(images: np.ndarray, labels: np.ndarray | None, sampler: BatchSampler,
-            augment: bool, start_step: int, shards: tuple[int, int, int]) -> tf.data.Dataset:
+            augment, start_step: int, shards: tuple[int, int, int],
+            views: tuple | None = None) -> tf.data.Dataset:
     """Element k is slice ``first + k % local`` (of ``replicas`` equal slices) of global batch
-    ``start_step + k // local``; one replica: element k is batch ``start_step + k``."""
+    ``start_step + k // local``; one replica: element k is batch ``start_step + k``.
+
+    ``views``: ``images`` is ``[N, V, ...]``, precomputed views (their D4 indices, in axis-1
+    order) of which each item's drawn view is picked; else the drawn view is applied to the
+    images ``[N, H, W, C]``."""
     replicas, first, local = shards
     per = sampler.batch_size // replicas
-    shape = (per,) + tuple(images.shape[1:])
+    lookup = None
+    if views is not None:
+        missing = sorted(set(augment_views(augment)) - set(views))
+        if missing or images.ndim < 2 or images.shape[1] != len(views):
+            raise ValueError(f"precomputed views {tuple(views)} (axis 1 of {images.shape}) do "
+                             f"not hold the views {tuple(augment_views(augment))} drawn for "
+                             f"augment={augment!r}")
+        lookup = np.full(8, -1, np.int64)
+        lookup[list(views)] = np.arange(len(views))
+    shape = (per,) + tuple(images.shape[2 if views is not None else 1:])
 
     def get(k):
         step, r = divmod(int(k), local)
         step += start_step
         part = slice((first + r) * per, (first + r + 1) * per)
         idx = sampler.indices(step)[part]
-        x = np.asarray(images[idx])
-        if augment:
-            f = sampler.flips(step)[part]
-            x = np.where(f[:, 0, None, None, None], x[:, :, ::-1], x)
-            x = np.where(f[:, 1, None, None, None], x[:, ::-1], x)
+        drawn = sampler.views(step, augment)[part]
+        if lookup is not None:
+            x = np.asarray(images[idx, lookup[drawn]])
+        else:
+            x = apply_views(np.asarray(images[idx]), drawn)
         y = labels[idx] if labels is not None else np.zeros(len(idx), np.int32)
         return x, y.astype(np.int32)
 
@@ -92,9 +124,10 @@ def _stream(images: np.ndarray, labels: np.ndarray | None, sampler: BatchSampler
 
 
 def train_dataset(source_images, source_labels, target_images, *, batch_size: int, seed: int,
-                  augment: bool, start_step: int = 0, use_target: bool = True,
-                  shards: tuple[int, int, int] = (1, 0, 1),
-                  balance_source: bool = False) -> tf.data.Dataset:
+                  augment=False, start_step: int = 0, use_target: bool = True,
+                  shards: tuple[int, int, int] = (1, 0, 1), balance_source: bool = False,
+                  source_views: tuple | None = None,
+                  target_views: tuple | None = None) -> tf.data.Dataset:
     """Zipped infinite stream of ``(x_s [B,H,W,C], labels_s int32 [B], x_t [B,H,W,C])``.
 
     Images are uint8 (or float32 cached features [B, F] in feature-extractor mode).
@@ -104,6 +137,11 @@ def train_dataset(source_images, source_labels, target_images, *, batch_size: in
     global batch of ``batch_size`` into per-replica slices (``tf.distribute``); the union of the
     slices of one step is exactly the one-replica batch of that step. ``balance_source``
     draws source batches class-balanced (``BatchSampler``'s ``balance_labels``).
+
+    ``augment`` is ``data.augment`` (false, true/"flips", "d4"; ``ddc.data.views``): each item
+    of step ``s`` is seen in a view drawn from ``(seed, stream, s)``. ``source_views`` /
+    ``target_views``: that stream's array is ``[N, V, ...]``, V precomputed views (their D4
+    indices), and the drawn view is picked from it (mode "features") instead of applied.
     """
     replicas = shards[0]
     if batch_size % replicas:
@@ -111,13 +149,14 @@ def train_dataset(source_images, source_labels, target_images, *, batch_size: in
     src = _stream(source_images, source_labels,
                   BatchSampler(len(source_images), batch_size, seed, SOURCE_STREAM,
                                source_labels if balance_source else None), augment,
-                  start_step, shards)
+                  start_step, shards, source_views)
     if use_target:
         tgt = _stream(target_images, None,
                       BatchSampler(len(target_images), batch_size, seed, TARGET_STREAM), augment,
-                      start_step, shards).map(lambda x, y: x)
+                      start_step, shards, target_views).map(lambda x, y: x)
     else:
-        empty = np.zeros((0,) + tuple(target_images.shape[1:]), target_images.dtype)
+        item = target_images.shape[2 if target_views is not None else 1:]
+        empty = np.zeros((0,) + tuple(item), target_images.dtype)
         tgt = tf.data.Dataset.from_tensors(empty).repeat()
     ds = tf.data.Dataset.zip(src, tgt).map(lambda s, t: (s[0], s[1], t))
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -34,6 +34,24 @@ def evaluate_arrays(predict, inputs, labels, class_names, batch_size: int) -> di
     return report
 
 
+def mean_softmax(predict, views, batch_size: int) -> np.ndarray:
+    """float [N, K]: the softmax of ``predict``'s logits averaged over ``views`` (arrays of the
+    same N inputs, e.g. the eight D4 views)."""
+    total = None
+    for inputs in views:
+        logits, _ = predict_arrays(predict, inputs, batch_size)
+        z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        total = p if total is None else total + p
+    return total / len(views)
+
+
+def tta_report(predict, views, labels, class_names, batch_size: int) -> dict:
+    """The classification report of the view-averaged softmax (test-time augmentation)."""
+    probs = mean_softmax(predict, views, batch_size)
+    return classification_report(labels, probs.argmax(axis=1), class_names)
+
+
 def extract_features(bottom, preprocess, images: np.ndarray, batch_size: int,
                      desc: str = "features") -> np.ndarray:
     """``bottom(preprocess(images))`` in inference mode, float32 [N, ...], computed once."""

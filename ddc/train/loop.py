@@ -56,8 +56,14 @@ def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Pat
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.mixed_precision.set_global_policy(cfg.train.precision)
+        t_setup = time.perf_counter()
         data = prepare_data(cfg, paths.data_root(data_root), paths.cache_dir())
-        run = Run(cfg, workdir, data, paths.weights_root(weights_root))  # builds the network: checks the weights file
+        decode_s = time.perf_counter() - t_setup
+        # builds the network (checks the weights file); mode "features": extracts or reads them
+        run = Run(cfg, workdir, data, paths.weights_root(weights_root),
+                  paths.cache_dir(cfg.data.cache_dir))
+        run.setup.update(decode_time_s=round(decode_s, 3),
+                         setup_time_s=round(time.perf_counter() - t_setup, 3))
         # every input was checked: only now is the run directory written (--restart moves the
         # earlier run aside; the first checkpoint of this run deletes it)
         resume = prepare_workdir(workdir, cfg.to_dict(), restart)
@@ -95,11 +101,13 @@ def _train(run: Run, resume: bool) -> dict:
         write_history(history_path, history)
     writer = (tf.summary.create_file_writer(str(workdir / "tensorboard")) if run.is_chief
               else tf.summary.create_noop_writer())
-    ds = distributed_stream(run.strategy, run.arrays["source_train"],
-                            run.data.source_train.labels, run.arrays["target"],
-                            batch_size=t.batch_size, seed=cfg.seed,
-                            augment=cfg.data.augment and not run.features_mode, start_step=start,
-                            use_target=run.use_target, balance_source=cfg.data.balance_source)
+    ds = distributed_stream(run.strategy, run.train_arrays["source_train"],
+                            run.data.source_train.labels, run.train_arrays["target"],
+                            batch_size=t.batch_size, seed=cfg.seed, augment=cfg.data.augment,
+                            start_step=start, use_target=run.use_target,
+                            balance_source=cfg.data.balance_source,
+                            source_views=run.train_views["source_train"],
+                            target_views=run.train_views["target"])
     batches = iter(ds)
     per_step = t.batch_size * (2 if run.use_target else 1)
     t_begin, last_report = time.time(), None
@@ -189,9 +197,24 @@ def _train(run: Run, resume: bool) -> dict:
     if run.is_chief:
         write_json_atomic(workdir / "results.json", results)
         write_hparams(workdir, run.cfg.to_dict(), results)
-    log.info("done: target acc %.4f (mean per class %.4f); results in %s", results["target_acc"],
-             results["target_mean_class_acc"], workdir / "results.json")
+    log.info("done: target acc %.4f (mean per class %.4f)%s; %s; results in %s",
+             results["target_acc"], results["target_mean_class_acc"],
+             "" if results["target_acc_tta"] is None else
+             f", with D4 test-time augmentation {results['target_acc_tta']:.4f}",
+             _cost_line(results), workdir / "results.json")
     return results
+
+
+def _cost_line(r: dict) -> str:
+    """Setup (decode, feature extraction) and training seconds, for the final log line."""
+    feats = ""
+    if r["extract_time_s"] is not None:
+        ips = r["extract_images_per_s"]
+        feats = (f", features {r['extract_time_s']:.1f} s: {r['features_extracted']} views "
+                 f"extracted" + (f" at {ips:.1f} images/s" if ips else "")
+                 + f", {r['features_from_cache']} from the cache")
+    return (f"setup {r['setup_time_s']:.1f} s (decode {r['decode_time_s']:.1f} s{feats}), "
+            f"training {r['train_time_s']:.1f} s")
 
 
 def _call_length(t, step: int, head_only: bool) -> int:
@@ -231,5 +254,17 @@ def _results(run: Run, history: list, final: dict, stage: Stage, ips, wall: floa
         "n_skipped_files": len(run.data.skipped),
         "variables": stage.counts,
         "images_per_s": ips,
-        "wall_time_s": wall,
+        "wall_time_s": wall,  # the training loop (with its evaluations), as train_time_s
+        "train_time_s": wall,
+        # before training: decoding (or reading the image cache), building the network and, in
+        # mode "features", extracting the frozen part's output or reading it from the cache
+        "setup_time_s": run.setup.get("setup_time_s"),
+        "decode_time_s": run.setup.get("decode_time_s"),
+        "extract_time_s": run.setup.get("extract_time_s"),
+        "extract_images_per_s": run.setup.get("extract_images_per_s"),
+        "features_extracted": run.setup.get("extracted"),
+        "features_from_cache": run.setup.get("from_cache"),
+        "source_val_acc_tta": final.get("source_val_acc_tta"),
+        "target_acc_tta": final.get("target_acc_tta"),
+        "target_mean_class_acc_tta": final.get("target_mean_class_acc_tta"),
     }

@@ -4,18 +4,24 @@ trainability, optimizer, traced step and checkpoint of one training stage (``Sta
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import tensorflow as tf
 
+from ddc import paths
 from ddc.align import needs_target, network_layers
 from ddc.config import Config
 from ddc.data.prepare import RunData
+from ddc.data.views import D4, ViewedImages, augment_views
 from ddc.models import apply_freeze, build_network, resolve_weights, variable_counts
 from ddc.models.split import split_at_frozen_prefix
 from ddc.train.build import backbone_lr_mult, build_step, build_terms
 from ddc.train.distribute import make_strategy, worker_index
-from ddc.train.evaluate import evaluate_arrays, extract_features
+# extract_features is no longer called here (the disk cache is); benchmarks/accuracy.py's
+# FeatureMemo still patches this name until the grid moves to ddc.train.feature_cache
+from ddc.train.evaluate import evaluate_arrays, extract_features, tta_report  # noqa: F401
+from ddc.train.feature_cache import FeatureCache, weights_identity
 from ddc.train.keras_internals import seed_states
 from ddc.train.rundir import RunError
 from ddc.train.step import predict_fn
@@ -56,9 +62,18 @@ class Stage:
         counts = variable_counts(model)
         own = [v for t in run.terms for v in t.trainable_variables]
         counts["alignment_params"] = int(sum(int(tf.size(v)) for v in own))
-        log.info("stage %s: %d trainable variables (%d params), %d frozen (%d params)%s%s",
+        cached = ""
+        if run.bottom is not None:  # mode "features": the cached frozen part is frozen too
+            part = variable_counts(run.bottom)
+            counts["frozen_variables"] += part["trainable_variables"] + part["frozen_variables"]
+            n = part["trainable_params"] + part["frozen_params"]
+            counts["frozen_params"] += n
+            counts["cached_frozen_params"] = n
+            cached = f", {n} of them in the frozen part whose output is cached"
+        log.info("stage %s: %d trainable variables (%d params), %d frozen (%d params%s)%s%s",
                  "head only" if head_only else "main", counts["trainable_variables"],
                  counts["trainable_params"], counts["frozen_variables"], counts["frozen_params"],
+                 cached,
                  f"; alignment terms' own: {len(own)} variables ({counts['alignment_params']} "
                  "params)" if own else "",
                  f"; backbone lr x{run.backbone_lr_mult:g}" if slow else "")
@@ -66,7 +81,17 @@ class Stage:
 
 
 class Run:
-    def __init__(self, cfg: Config, workdir: Path, data: RunData, weights_root: Path | None):
+    """A run's data arrays, network, alignment terms and evaluation.
+
+    ``arrays``: the network's inputs of each split (images, or in mode "features" the frozen
+    part's output for the identity view); ``train_arrays`` / ``train_views``: what the training
+    stream draws from (in mode "features" with ``data.augment``, ``[N, V, ...]`` features of
+    the V views ``train_views[k]``); ``tta_arrays``: the eight D4 views of source validation and
+    target for ``train.tta``. ``setup``: the seconds and counts of feature extraction.
+    """
+
+    def __init__(self, cfg: Config, workdir: Path, data: RunData, weights_root: Path | None,
+                 cache_dir: Path | None = None):
         self.cfg, self.workdir, self.data = cfg, workdir, data
         t = cfg.train
         self.features_mode = cfg.mode == "features"
@@ -98,17 +123,55 @@ class Run:
             self.skipped_var = tf.Variable(0, dtype=tf.int64, trainable=False,
                                            name="skipped_steps")
         self.backbone_lr_mult = backbone_lr_mult(cfg, weights)
+        self.bottom, self.setup = None, {}
+        splits = ("source_train", "source_val", "target")
+        aug = augment_views(cfg.data.augment)
         if self.features_mode:
             apply_freeze(self.net.backbone, cfg.model.freeze)
-            bottom, self.train_model, cut = split_at_frozen_prefix(self.net)
-            log.info("feature-extractor mode: caching the output of %s", cut)
-            self.arrays = {k: extract_features(bottom, self.net.preprocess, getattr(data, k).images,
-                                               t.eval_batch_size, desc=k)
-                           for k in ("source_train", "source_val", "target")}
+            self.bottom, self.train_model, cut = split_at_frozen_prefix(self.net)
+            self._extract(cut, weights, cache_dir, aug)
         else:
             self.train_model = self.net.model
-            self.arrays = {k: getattr(data, k).images for k in ("source_train", "source_val", "target")}
+            self.arrays = {k: getattr(data, k).images for k in splits}
+            self.train_arrays = {k: self.arrays[k] for k in ("source_train", "target")}
+            self.train_views = {"source_train": None, "target": None}
+            self.tta_arrays = ({k: [ViewedImages(self.arrays[k], v) for v in D4]
+                                for k in ("source_val", "target")} if t.tta else {})
         self.predict = predict_fn(self.train_model, t.jit_compile)
+
+    def _extract(self, cut: str, weights, cache_dir: Path | None, aug: tuple) -> None:
+        """Mode "features": the frozen part's output of every split and view it needs, from
+        the disk cache (``ddc.train.feature_cache``) or extracted into it."""
+        cfg, d = self.cfg, self.cfg.data
+        t0 = time.perf_counter()
+        tta = D4 if cfg.train.tta else (0,)
+        views = {"source_train": aug, "source_val": tta,
+                 "target": tuple(dict.fromkeys((0,) + aug + tta))}
+        describe = {"backbone": cfg.model.backbone, "alpha": cfg.model.alpha,
+                    "weights": weights_identity(weights), "cut": cut,
+                    "image_size": d.image_size, "channels": d.channels}
+        root = None
+        if d.feature_cache:  # the loop passes paths.cache_dir(data.cache_dir) too
+            root = Path(cache_dir) if cache_dir else paths.cache_dir(d.cache_dir)
+        cache = FeatureCache(self.bottom, self.net.preprocess, root, describe)
+        log.info("feature-extractor mode: the output of %s (%s) for %s; cache %s", cut,
+                 "x".join(map(str, cache.item_shape)),
+                 ", ".join(f"{k} {len(v)} view(s)" for k, v in views.items()),
+                 cache.folder or "off (data.feature_cache)")
+        stacked = {k: cache.features(getattr(self.data, k).images, v, desc=k)
+                   for k, v in views.items()}
+        self.arrays = {k: a[:, 0] for k, a in stacked.items()}  # view 0: the image itself
+        train = ("source_train", "target")
+        self.train_arrays = {k: stacked[k] if len(aug) > 1 else self.arrays[k] for k in train}
+        self.train_views = {k: views[k] if len(aug) > 1 else None for k in train}
+        self.tta_arrays = ({k: [stacked[k][:, views[k].index(v)] for v in D4]
+                            for k in ("source_val", "target")} if cfg.train.tta else {})
+        self.setup = {**cache.stats(), "extract_time_s": round(time.perf_counter() - t0, 3)}
+        s = self.setup
+        speed = (f" ({s['extract_images_per_s']:.1f} images/s, batches of up to "
+                 f"{s['extract_batch_size']})" if s["extract_images_per_s"] else "")
+        log.info("features: %d views extracted%s, %d read from the cache, in %.1f s",
+                 s["extracted"], speed, s["from_cache"], s["extract_time_s"])
 
     def evaluate(self, step: int) -> dict:
         names = self.data.class_names
@@ -117,10 +180,21 @@ class Run:
                                names, t.eval_batch_size) if len(self.data.source_val) else None)
         tgt = evaluate_arrays(self.predict, self.arrays["target"], self.data.target.labels, names,
                               t.eval_batch_size)
-        return {"step": step,
-                "source_val_acc": val["accuracy"] if val else None,
-                "source_val_mean_class_acc": val["mean_class_accuracy"] if val else None,
-                "target_entropy": tgt["entropy"],
-                "target_acc": tgt["accuracy"],
-                "target_mean_class_acc": tgt["mean_class_accuracy"],
-                "_target_report": tgt}
+        rec = {"step": step,
+               "source_val_acc": val["accuracy"] if val else None,
+               "source_val_mean_class_acc": val["mean_class_accuracy"] if val else None,
+               "target_entropy": tgt["entropy"],
+               "target_acc": tgt["accuracy"],
+               "target_mean_class_acc": tgt["mean_class_accuracy"],
+               "_target_report": tgt}
+        if t.tta:  # softmax averaged over the eight D4 views
+            val_tta = (tta_report(self.predict, self.tta_arrays["source_val"],
+                                  self.data.source_val.labels, names, t.eval_batch_size)
+                       if len(self.data.source_val) else None)
+            tgt_tta = tta_report(self.predict, self.tta_arrays["target"],
+                                 self.data.target.labels, names, t.eval_batch_size)
+            rec.update({"source_val_acc_tta": val_tta["accuracy"] if val_tta else None,
+                        "target_acc_tta": tgt_tta["accuracy"],
+                        "target_mean_class_acc_tta": tgt_tta["mean_class_accuracy"],
+                        "_target_report_tta": tgt_tta})
+        return rec
