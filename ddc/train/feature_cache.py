@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from ddc.data.views import d4_view
+from ddc.data.views import apply_views
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class FeatureCache:
         views = tuple(int(v) for v in views)
         ikeys = image_keys(images)
         out = np.zeros((len(ikeys), len(views)) + self.item_shape, np.float32)
-        todo: dict = {}  # view -> {entry key: [positions]}
+        todo: dict = {}  # entry key -> (view, [positions in out])
         for i, ik in enumerate(ikeys):
             for j, v in enumerate(views):
                 k = f"{ik}:{v}"
@@ -207,17 +207,18 @@ class FeatureCache:
                     out[i, j] = self._chunks[hit[0]][hit[1]]
                     self.reused += 1
                 else:
-                    todo.setdefault(v, {}).setdefault(k, []).append((i, j))
-        n_todo = sum(len(d) for d in todo.values())
-        if n_todo:
-            self._extract(images, todo, out, n_todo, desc)
+                    todo.setdefault(k, (v, []))[1].append((i, j))
+        if todo:
+            self._extract(images, todo, out, desc)
         self.total_s += time.perf_counter() - t0
         return out
 
-    def _extract(self, images, todo: dict, out: np.ndarray, n_todo: int, desc: str) -> None:
-        b = min(self.batch_size, -(-n_todo // 8) * 8)
+    def _extract(self, images, todo: dict, out: np.ndarray, desc: str) -> None:
+        """Full batches of any mix of images and views (only the last one padded)."""
+        keys = list(todo)
+        b = min(self.batch_size, -(-len(keys) // 8) * 8)
         pending_keys, pending, last = [], [], time.perf_counter()
-        bar = tqdm(total=n_todo, desc=f"{desc} (extract)", unit="view", leave=False,
+        bar = tqdm(total=len(keys), desc=f"{desc} (extract)", unit="view", leave=False,
                    disable=None)
 
         def flush():
@@ -227,27 +228,25 @@ class FeatureCache:
             pending_keys, pending, last = [], [], time.perf_counter()
 
         try:
-            for v, entries in todo.items():
-                keys = list(entries)
-                for s in range(0, len(keys), b):
-                    part = keys[s:s + b]
-                    idx = [entries[k][0][0] for k in part]
-                    x = d4_view(np.asarray(images[idx]), v)
-                    if len(x) < b:
-                        x = np.concatenate([x, np.zeros((b - len(x),) + x.shape[1:], x.dtype)])
-                    t = time.perf_counter()
-                    f = self._compute(np.ascontiguousarray(x))[:len(part)]
-                    self.compute_s += time.perf_counter() - t
-                    self.extracted += len(part)
-                    for k, row in zip(part, f):
-                        for i, j in entries[k]:
-                            out[i, j] = row
-                    pending_keys += part
-                    pending.append(f)
-                    bar.update(len(part))
-                    if (len(pending_keys) >= FLUSH_ENTRIES
-                            or time.perf_counter() - last > FLUSH_SECONDS):
-                        flush()
+            for start in range(0, len(keys), b):
+                part = keys[start:start + b]
+                idx = [todo[k][1][0][0] for k in part]
+                x = apply_views(np.asarray(images[idx]), np.array([todo[k][0] for k in part]))
+                if len(x) < b:
+                    x = np.concatenate([x, np.zeros((b - len(x),) + x.shape[1:], x.dtype)])
+                t = time.perf_counter()
+                f = self._compute(np.ascontiguousarray(x))[:len(part)]
+                self.compute_s += time.perf_counter() - t
+                self.extracted += len(part)
+                for k, row in zip(part, f):
+                    for i, j in todo[k][1]:
+                        out[i, j] = row
+                pending_keys += part
+                pending.append(f)
+                bar.update(len(part))
+                if (len(pending_keys) >= FLUSH_ENTRIES
+                        or time.perf_counter() - last > FLUSH_SECONDS):
+                    flush()
         finally:  # an error or Ctrl-C keeps the batches already computed
             flush()
             bar.close()
