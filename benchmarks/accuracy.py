@@ -32,7 +32,6 @@ the step of best source validation accuracy, a step chosen without target labels
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import hashlib
 import json
@@ -318,61 +317,6 @@ def build_grid(quick: bool, only: list[str] | None, extra: list[str]) -> list[Ce
 
 # ----------------------------------------------------------------------------- running
 
-class FeatureMemo:
-    """Memoizes ``extract_features`` (mode "features") per image across the runs of a grid.
-
-    ``extract_features(bottom, preprocess, images)`` is a pure function of the frozen part's
-    weights and each image (inference mode, per-image ops only), so its output for an image
-    that an earlier run of this process already passed through the same frozen part is reused.
-    Keyed by a hash of the frozen part (name, output shape, every weight) and of the
-    preprocessing function, then by a hash of each image's bytes. Without it every run of a
-    MobileNetV2 cell spends minutes re-extracting identical features (the library has no such
-    cache yet; see the report).
-    """
-
-    def __init__(self):
-        self.store: dict = {}        # model key -> {image hash -> feature array}
-        self.hits = self.misses = 0
-
-    @staticmethod
-    def model_key(bottom, preprocess) -> str:
-        h = hashlib.sha1(f"{bottom.name}|{bottom.output.shape}|"
-                         f"{getattr(preprocess, '__qualname__', repr(preprocess))}".encode())
-        for w in bottom.weights:
-            h.update(w.path.encode() if hasattr(w, "path") else w.name.encode())
-            h.update(w.numpy().tobytes())
-        return h.hexdigest()
-
-    def wrap(self, extract):
-        import numpy as np
-
-        def memo_extract(bottom, preprocess, images, batch_size, desc="features"):
-            store = self.store.setdefault(self.model_key(bottom, preprocess), {})
-            keys = [hashlib.sha1(row.tobytes()).hexdigest() for row in images]
-            todo = sorted({i for i, k in enumerate(keys) if k not in store})
-            self.hits += len(keys) - len(todo)
-            self.misses += len(todo)
-            if todo:
-                new = extract(bottom, preprocess, images[todo], batch_size, desc=desc)
-                for i, f in zip(todo, new):
-                    store[keys[i]] = f
-            if not keys:
-                return extract(bottom, preprocess, images, batch_size, desc=desc)
-            return np.stack([store[k] for k in keys])
-        return memo_extract
-
-    @contextlib.contextmanager
-    def installed(self):
-        """Routes the training loop's feature extraction through the memo."""
-        from ddc.train import run as run_parts
-        original = run_parts.extract_features
-        run_parts.extract_features = self.wrap(original)
-        try:
-            yield self
-        finally:
-            run_parts.extract_features = original
-
-
 def config_hash(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -487,6 +431,10 @@ def summarize(cell: Cell, runs: list[dict]) -> dict:
                 "source_val_acc", "wall_time_s", "total_wall_s"):
         out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
         out[key + "_per_seed"] = [r.get(key) for r in runs]
+    for key in ("setup_time_s", "train_time_s", "target_acc_tta"):
+        out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
+    for key in ("features_extracted", "features_from_cache"):
+        out[key] = sum(r.get(key) or 0 for r in runs if not r["resumed"])
     out["steps"] = sorted({r["steps"] for r in runs})
     out["classes"] = runs[0]["classes"]
     out["dropped_classes"] = runs[0]["dropped_classes"]
@@ -588,8 +536,9 @@ def render(summaries: list[dict], checks: list[dict], command: str, machine: str
         lines.append("")
     lines += ["Accuracies in %, mean ± std over the seeds. `Δ` is the method minus source only "
               "(same task and backbone variant). `src val` is source validation accuracy at the final "
-              "step. `setup s` is data loading plus (in mode \"features\") the extraction of the "
-              "cached features, per run; `train s` the training loop with its evaluations.", ""]
+              "step. `setup s` is the run's own `setup_time_s`: decoding (or reading the image cache), "
+              "building the network and, in mode \"features\", extracting the frozen part's output "
+              "or reading it from the disk cache; `train s` the training loop with its evaluations.", ""]
     by_task: dict = {}
     for s in summaries:
         by_task.setdefault(s["task"], []).append(s)
@@ -615,7 +564,8 @@ def render(summaries: list[dict], checks: list[dict], command: str, machine: str
             ref = base.get(s["variant"])
             delta = ("" if s["method"] == "source_only" or ref is None
                      else f"{100 * (s['target_acc'] - ref['target_acc']):+.1f}")
-            setup = (s["total_wall_s"] or 0) - (s["wall_time_s"] or 0)
+            setup = s.get("setup_time_s")  # older results: everything but the training loop
+            setup = (s["total_wall_s"] or 0) - (s["wall_time_s"] or 0) if setup is None else setup
             over = " ".join(f"`--set {o}`" for o in s["overrides"])
             lines.append(
                 f"| {s['id']} | {title} | {len(s['seeds'])} | {'/'.join(map(str, s['steps']))} | "
@@ -692,8 +642,6 @@ def parse_args(argv):
                    "config and seeds are identical (marked † in the report)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's header "
                    "(for example what a reduced grid left out)")
-    p.add_argument("--no-feature-memo", action="store_true",
-                   help="re-extract cached features in every run (see FeatureMemo)")
     p.add_argument("--data-root", default=os.environ.get("DDC_DATA_ROOT", str(SHARED / "data")))
     p.add_argument("--weights-root",
                    default=os.environ.get("DDC_WEIGHTS_ROOT", str(SHARED / "weights")))
@@ -726,9 +674,7 @@ def main(argv: list[str] | None = None) -> str:
     out_md = Path(args.out or (runs / "RESULTS.md" if args.quick else REPO / "docs/RESULTS.md"))
     out_json = Path(args.json or runs / "results.json")  # a run output: not committed
     command = command_line(argv)
-    memo = FeatureMemo()
-    with contextlib.nullcontext() if args.no_feature_memo else memo.installed():
-        text = _run_grid(args, cells, seeds, runs, out_md, out_json, command, memo)
+    text = _run_grid(args, cells, seeds, runs, out_md, out_json, command)
     print(f"wrote {out_md} and {out_json}", file=sys.stderr)
     return text
 
@@ -759,7 +705,7 @@ def reductions(cells: list[Cell], summaries: list[dict], seeds: list[int], quick
     return lines
 
 
-def _run_grid(args, cells, seeds, runs, out_md, out_json, command, memo) -> str:
+def _run_grid(args, cells, seeds, runs, out_md, out_json, command) -> str:
     t_start = time.time()
     summaries = []
     total = len(cells) * len(seeds)
@@ -783,12 +729,12 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command, memo) -> str:
                                              Path(args.weights_root)))
             summaries.append(summarize(cell, results))
         # written after every cell, so a long grid's partial results can be read (and resumed)
-        text = _write_report(args, cells, seeds, summaries, out_md, out_json, command, memo,
+        text = _write_report(args, cells, seeds, summaries, out_md, out_json, command,
                              time.time() - t_start)
     return text
 
 
-def _write_report(args, cells, seeds, summaries, out_md, out_json, command, memo,
+def _write_report(args, cells, seeds, summaries, out_md, out_json, command,
                   elapsed: float) -> str:
     checks = check_bars(summaries)
     date = time.strftime("%Y-%m-%d %H:%M %Z")
@@ -801,14 +747,14 @@ def _write_report(args, cells, seeds, summaries, out_md, out_json, command, memo
                      "directories are not kept). Leave `--reuse` out to rerun them.")
     notes.append(f"{len(summaries)} of {len(cells)} cells done; {elapsed:.0f} s in this "
                  "invocation (runs read back from earlier invocations cost ~0 s)")
-    if not args.no_feature_memo:
+    extracted = sum(s.get("features_extracted") or 0 for s in summaries)
+    cached = sum(s.get("features_from_cache") or 0 for s in summaries)
+    if extracted or cached:
         notes.append(
-            "mode \"features\" runs share one in-process memo of the frozen part's output "
-            "per image (`FeatureMemo` in the script: the same frozen weights and the same "
-            "image give the same features, so only the first run extracts them; "
-            f"{memo.misses} images extracted, {memo.hits} reused in this invocation). "
-            "`setup s` of a run that reused them is small; the first run of a backbone "
-            "variant pays the extraction.")
+            "mode \"features\" runs read the frozen part's output from the library's disk cache "
+            "(`ddc.train.feature_cache`, as a CLI run does): the first run of a backbone variant "
+            f"extracts it; {extracted} views extracted, {cached} read from the cache by the runs "
+            "of this report. `setup s` is what the same config costs from the command line.")
     selected = select_lambdas(summaries)
     text = render(summaries, checks, command, _machine(), date, notes, selected)
     out_md.parent.mkdir(parents=True, exist_ok=True)

@@ -108,35 +108,6 @@ def test_a_newly_registered_term_joins_the_grid(monkeypatch):
     assert accuracy.method_title("usps_mnist", "coral_copy_lam1").startswith("coral_copy: Deep CORAL")
 
 
-def test_feature_memo_extracts_each_image_once_and_returns_the_same_features():
-    import keras
-    import numpy as np
-
-    inp = keras.Input((4, 4, 3))
-    bottom = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(5, 3)(inp)))
-    calls = []
-
-    def extract(model, preprocess, images, batch_size, desc=""):
-        calls.append(len(images))
-        return model(preprocess(images.astype("float32"))).numpy()
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (10, 4, 4, 3), dtype=np.uint8)
-    memo = accuracy.FeatureMemo()
-    fn = memo.wrap(extract)
-    first = fn(bottom, lambda x: x / 255.0, images[:6], 4)
-    again = fn(bottom, lambda x: x / 255.0, images[[7, 2, 9, 0]], 4)
-    # (other batch compositions round differently in oneDNN's kernels: ~1e-6 relative)
-    np.testing.assert_allclose(again, extract(bottom, lambda x: x / 255.0, images[[7, 2, 9, 0]], 4),
-                               rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(first, extract(bottom, lambda x: x / 255.0, images[:6], 4),
-                               rtol=1e-5, atol=1e-7)
-    assert calls[:2] == [6, 2] and (memo.misses, memo.hits) == (8, 2)
-    bottom.weights[0].assign(bottom.weights[0] + 1.0)  # other weights: a new key, extracted again
-    fn(bottom, lambda x: x / 255.0, images[:3], 4)
-    assert calls[4] == 3
-
-
 def test_overrides_resolve_to_valid_configs_of_each_method():
     from ddc.align import REGISTRY, term_class
     from ddc.config import load
