@@ -70,6 +70,7 @@ class Task:
     extra_lambda_variants: tuple = ("frozen",)  # ... in these variants (CPU budget)
     variant_methods: dict = field(default_factory=dict)  # variant -> the only methods it runs
     align_variants: tuple = ("",)      # variants that run every other registered method
+    combo_variants: tuple = ()         # variants that run the pairs of COMBOS
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,22 @@ ALIGN_LAMBDAS = (0.1, 1.0)
 # a LeNet run through the whole network takes minutes on a shared CPU)
 QUICK_ALIGN_LAMBDAS = (1.0,)
 QUICK_ALIGN_VARIANTS = ("frozen",)
+
+
+# pairs of terms, each at λ = 1 (MCC's and the other papers' default), where a task's
+# ``combo_variants`` run them: name -> the align mapping
+COMBOS = {
+    "mmd+mcc": {"mmd": {"weight": 1.0}, "mcc": {"weight": 1.0}},
+    "mcc+im": {"mcc": {"weight": 1.0}, "im": {"weight": 1.0}},
+    "cdan_e+mcc": {"cdan": {"weight": 1.0, "entropy_conditioning": True}, "mcc": {"weight": 1.0}},
+    "mcc+pseudo_label": {"mcc": {"weight": 1.0}, "pseudo_label": {"weight": 1.0}},
+}
+
+
+def combo_methods() -> list[Method]:
+    return [Method(name, " + ".join(f"{t} (λ = {o['weight']:g})" for t, o in align.items()),
+                   ["align=" + json.dumps(align)], family=name, term="+".join(align))
+            for name, align in COMBOS.items()]
 
 
 def _term_summary(name: str) -> str:
@@ -141,7 +158,15 @@ MOBILENET_VARIANTS = {
     "frozen": ["model.freeze.mode=\"backbone\""],
     "frozen_224": ["model.freeze.mode=\"backbone\"", "data.image_size=224"],
     "last_blocks": ["model.freeze.mode=\"until\"", "model.freeze.layer=\"block_15_add\""],
+    # the frozen variants with the eight rotations and flips of each image (one drawn per sample
+    # and step) and the target also evaluated on the softmax averaged over them (`target_acc_tta`)
+    "frozen_d4": ["model.freeze.mode=\"backbone\"", "data.augment=\"d4\"", "train.tta=true"],
+    "frozen_224_d4": ["model.freeze.mode=\"backbone\"", "data.image_size=224",
+                      "data.augment=\"d4\"", "train.tta=true"],
 }
+# what the D4 variants run: source only, DDC, the methods that led the frozen grid, and the pairs
+RECIPE_METHODS = ("source_only", "ddc_gauss_biased_lam1", "mcc_lam1", "im_lam1", "cdan_e_lam1",
+                  "pseudo_label_lam1", *COMBOS)
 
 TASKS = [
     # 1000 steps for every method (CPU budget); the config's own 3000 steps for source only and
@@ -158,8 +183,10 @@ TASKS = [
          "at 224 px)",
          "configs/grid/siri_whu_aid.json", [], MOBILENET_VARIANTS,
          bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0, 4.0, 16.0),
-         extra_lambda_variants=("frozen", "frozen_224"),
-         align_variants=("frozen", "frozen_224")),
+         extra_lambda_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4"),
+         align_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4"),
+         combo_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4"),
+         variant_methods={"frozen_d4": RECIPE_METHODS, "frozen_224_d4": RECIPE_METHODS}),
     # AID as the source is imbalanced (the merged residential class is 22% of it, against 9% of
     # SIRI-WHU): "frozen_balanced" draws its batches class-balanced (data.balance_source)
     Task("aid_siri_whu", "AID -> SIRI-WHU (11 shared classes, MobileNetV2, 128 px; frozen also "
@@ -168,8 +195,12 @@ TASKS = [
          {**MOBILENET_VARIANTS,
           "frozen_balanced": MOBILENET_VARIANTS["frozen"] + ["data.balance_source=true"]},
          bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0, 4.0, 16.0),
-         extra_lambda_variants=("frozen", "frozen_224", "frozen_balanced"),
-         align_variants=("frozen", "frozen_224", "frozen_balanced")),
+         extra_lambda_variants=("frozen", "frozen_224", "frozen_balanced", "frozen_d4",
+                                "frozen_224_d4"),
+         align_variants=("frozen", "frozen_224", "frozen_balanced", "frozen_d4",
+                         "frozen_224_d4"),
+         combo_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4"),
+         variant_methods={"frozen_d4": RECIPE_METHODS, "frozen_224_d4": RECIPE_METHODS}),
 ]
 TASKS_BY_NAME = {t.name: t for t in TASKS}
 
@@ -194,6 +225,8 @@ def methods_for(task: Task, variant: str | None = None, quick: bool = False) -> 
     if variant is None or (variant in task.align_variants
                            and (not quick or variant in QUICK_ALIGN_VARIANTS)):
         out += registry_methods(QUICK_ALIGN_LAMBDAS if quick else ALIGN_LAMBDAS)
+    if variant is None or (variant in task.combo_variants and not quick):
+        out += combo_methods()
     if variant in task.variant_methods:
         out = [m for m in out if m.name in task.variant_methods[variant]]
     return out

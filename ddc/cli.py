@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 # start-up lines TensorFlow writes before its logging is set up (no level applies to them)
 _STARTUP_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)"
                             r"|I0000 .*(cudart_stub|cpu_feature_guard)\.cc"
+                            r"|I0000 .*\] oneDNN custom operations are on"
                             r"|To enable the following instructions: )")
 
 

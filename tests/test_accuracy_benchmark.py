@@ -54,7 +54,8 @@ def test_grid_covers_tasks_methods_and_variants():
             assert (registry <= names) == (variant in task.align_variants), (task.name, variant)
             extra = {f"{m}_lam{lam:g}" for m in ddc for lam in task.extra_lambdas}
             assert (extra <= names) == (variant in task.extra_lambda_variants or not extra)
-            assert names == {"source_only"} | ddc | (
+            combos = set(accuracy.COMBOS) if variant in task.combo_variants else set()
+            assert names == {"source_only"} | ddc | combos | (
                 extra if variant in task.extra_lambda_variants else set()) | (
                 registry if variant in task.align_variants else set())
         assert task.align_variants  # every task runs the registry's methods somewhere

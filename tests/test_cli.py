@@ -129,4 +129,4 @@ def test_cli_on_a_cpu_machine_prints_only_its_own_lines(tmp_path):
                                      "batch_size, checkpoint_every, distribute, eval_batch_size, "
                                      "eval_every, head_only_steps, jit_compile, keep_checkpoints, "
                                      "log_every, lr, lr_schedule, momentum, optimizer, precision, "
-                                     "steps, steps_per_call, weight_decay)"], r.stderr
+                                     "steps, steps_per_call, tta, weight_decay)"], r.stderr

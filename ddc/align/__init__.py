@@ -20,6 +20,7 @@ REGISTRY = {
     "entropy": "ddc.align.entropy:Entropy",
     "im": "ddc.align.im:IM",
     "mcc": "ddc.align.mcc:MCC",
+    "pseudo_label": "ddc.align.pseudo_label:PseudoLabel",
     "dann": "ddc.align.dann:DANN",
     "cdan": "ddc.align.cdan:CDAN",
     "mdd": "ddc.align.mdd:MDD",

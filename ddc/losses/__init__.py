@@ -10,4 +10,5 @@ from ddc.losses.classification import classification_loss  # noqa: F401
 from ddc.losses.coral import coral  # noqa: F401
 from ddc.losses.entropy import entropy, information_maximization, per_sample_entropy  # noqa: F401
 from ddc.losses.mcc import mcc  # noqa: F401
+from ddc.losses.pseudo_label import pseudo_label_loss, pseudo_label_mask  # noqa: F401
 from ddc.losses.mmd import ESTIMATORS, KERNELS, bandwidth_base, jmmd, mmd2  # noqa: F401

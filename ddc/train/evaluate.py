@@ -7,7 +7,8 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from ddc.data.pipeline import eval_batches
-from ddc.metrics import classification_report, mean_entropy
+from ddc.metrics import classification_report, mean_entropy, softmax
+from ddc.selection import snd
 
 
 def predict_arrays(predict, inputs: np.ndarray, batch_size: int):
@@ -27,10 +28,12 @@ def predict_arrays(predict, inputs: np.ndarray, batch_size: int):
 
 
 def evaluate_arrays(predict, inputs, labels, class_names, batch_size: int) -> dict:
-    """The classification report of ``predict`` on ``inputs`` plus the mean prediction entropy."""
+    """The classification report of ``predict`` on ``inputs`` plus two label-free scores of its
+    predictions: the mean entropy and the soft neighbourhood density (``ddc.selection.snd``)."""
     logits, _ = predict_arrays(predict, inputs, batch_size)
     report = classification_report(labels, logits.argmax(axis=1), class_names)
     report["entropy"] = mean_entropy(logits)
+    report["snd"] = snd(softmax(logits)) if len(logits) > 1 else None
     return report
 
 

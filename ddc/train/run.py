@@ -184,6 +184,7 @@ class Run:
                "source_val_acc": val["accuracy"] if val else None,
                "source_val_mean_class_acc": val["mean_class_accuracy"] if val else None,
                "target_entropy": tgt["entropy"],
+               "target_snd": tgt["snd"],
                "target_acc": tgt["accuracy"],
                "target_mean_class_acc": tgt["mean_class_accuracy"],
                "_target_report": tgt}

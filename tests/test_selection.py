@@ -1,0 +1,92 @@
+"""Label-free selection scores and the pseudo-label loss against slow numpy references."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ddc.losses import pseudo_label_loss, pseudo_label_mask
+from ddc.selection import scores, snd
+
+
+def _snd_loops(p, t=0.05):
+    n = len(p)
+    q = [[v / math.sqrt(sum(u * u for u in row)) for v in row] for row in p]
+    total = 0.0
+    for i in range(n):
+        sims = [sum(a * b for a, b in zip(q[i], q[j])) / t for j in range(n) if j != i]
+        m = max(sims)
+        e = [math.exp(s - m) for s in sims]
+        z = sum(e)
+        total += -sum((v / z) * math.log(v / z) for v in e if v > 0)
+    return total / n
+
+
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("n,k,t,chunk", [(7, 3, 0.05, 1024), (23, 5, 0.05, 4), (10, 4, 0.5, 3)])
+def test_snd_matches_loops(n, k, t, chunk):
+    p = _softmax(np.random.default_rng(n).normal(0, 3, (n, k)))
+    assert snd(p, t, chunk=chunk) == pytest.approx(_snd_loops(p.tolist(), t), rel=1e-10)
+
+
+def test_snd_is_invariant_to_sample_order_and_refuses_bad_input():
+    p = _softmax(np.random.default_rng(1).normal(0, 2, (30, 4)))
+    assert snd(p[::-1]) == pytest.approx(snd(p), rel=1e-12)
+    with pytest.raises(ValueError, match="N >= 2"):
+        snd(p[:1])
+    with pytest.raises(ValueError, match="temperature"):
+        snd(p, temperature=0)
+
+
+def test_snd_prefers_clustered_predictions_over_scattered_ones():
+    rng = np.random.default_rng(2)
+    clustered = _softmax(np.eye(4)[rng.integers(0, 4, 200)] * 8 + rng.normal(0, 0.1, (200, 4)))
+    scattered = _softmax(rng.normal(0, 1.5, (200, 4)))
+    assert snd(clustered) > snd(scattered)
+    s = scores(np.log(clustered))
+    assert s["snd"] == pytest.approx(snd(clustered), rel=1e-9) and s["neg_entropy"] < 0
+
+
+def _mask_loops(logits, threshold, fraction):
+    p = _softmax(logits.astype(np.float64))
+    conf, cls = p.max(axis=1), p.argmax(axis=1)
+    out = []
+    for i in range(len(p)):
+        peers = [j for j in range(len(p)) if cls[j] == cls[i]]
+        rank = sum(1 for j in peers if conf[j] > conf[i] or (conf[j] == conf[i] and j < i))
+        out.append(float(conf[i] >= threshold or rank < math.ceil(fraction * len(peers))))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("threshold,fraction", [(0.9, 0.0), (0.6, 0.5), (0.99, 0.25), (1.0, 1.0)])
+def test_pseudo_label_mask_and_loss_match_loops(threshold, fraction):
+    logits = np.random.default_rng(3).normal(0, 2.5, (40, 5)).astype(np.float32)
+    logits[5] = logits[6]                                   # a tie: broken by index
+    want = _mask_loops(logits, threshold, fraction)
+    got = pseudo_label_mask(logits, threshold, fraction).numpy()
+    np.testing.assert_array_equal(got, want)
+    p = _softmax(logits.astype(np.float64))
+    ce = -np.log(p[np.arange(40), p.argmax(axis=1)])
+    x = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss, coverage = pseudo_label_loss(x, threshold, fraction)
+    assert float(loss) == pytest.approx((want * ce).mean(), rel=1e-5)
+    assert float(coverage) == pytest.approx(want.mean())
+    # the labels and mask are constants: the gradient is cross-entropy's towards the argmax
+    onehot = np.eye(5)[p.argmax(axis=1)]
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(),
+                               want[:, None] * (p - onehot) / 40, atol=1e-6)
+
+
+def test_class_balanced_selection_labels_a_class_below_the_threshold():
+    logits = np.array([[6.0, 0, 0], [5.0, 0, 0], [0, 1.0, 0], [0, 0.8, 0], [0, 0.5, 0]],
+                      np.float32)
+    assert pseudo_label_mask(logits, 0.9, 0.0).numpy().tolist() == [1, 1, 0, 0, 0]
+    # class 1 never reaches 0.9; its most confident two of three (ceil(0.5 * 3)) are labelled
+    assert pseudo_label_mask(logits, 0.9, 0.5).numpy().tolist() == [1, 1, 1, 1, 0]
