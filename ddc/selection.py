@@ -52,3 +52,48 @@ def snd(probs, temperature: float = SND_TEMPERATURE, chunk: int = 1024) -> float
 def scores(logits) -> dict:
     """Every label-free score of target ``logits`` [N, K], higher is better."""
     return {"snd": snd(softmax(logits)), "neg_entropy": -mean_entropy(logits)}
+
+
+# ----------------------------------------------------------------------------- choosing a run
+
+# rule -> what it maximises, over finished runs (dicts with ``source_val_acc``, ``target_entropy``,
+# ``target_snd``, as in ``results.json``); none reads a target label
+RULES = {
+    "source_val": "the highest source validation accuracy",
+    "entropy": "the lowest mean target prediction entropy",
+    "snd": "the highest target SND",
+    "snd_guarded": "the highest target SND among the runs whose source validation accuracy is at "
+                   "most SOURCE_GUARD below their source-only reference's (a collapsed or "
+                   "source-breaking run has a high SND: all its predictions look alike)",
+}
+DEFAULT_RULE = "snd_guarded"
+SOURCE_GUARD = 0.01
+
+
+def _score(run: dict, rule: str) -> float | None:
+    key = {"source_val": "source_val_acc", "entropy": "target_entropy",
+           "snd": "target_snd", "snd_guarded": "target_snd"}[rule]
+    v = run.get(key)
+    return None if v is None else (-v if rule == "entropy" else v)
+
+
+def select(runs: list[dict], rule: str = DEFAULT_RULE, *, reference_source_val=None,
+           guard: float = SOURCE_GUARD) -> dict | None:
+    """The run ``rule`` (one of ``RULES``) picks from ``runs``, or None if no run has the score.
+
+    ``reference_source_val``: for ``snd_guarded``, a source validation accuracy per run (a
+    callable ``run -> float``, e.g. its variant's source-only run's) or one number for all; a
+    run below it by more than ``guard`` is not eligible (if none is, the guard is dropped).
+    Ties go to the earlier run."""
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
+    scored = [r for r in runs if _score(r, rule) is not None]
+    if rule == "snd_guarded" and reference_source_val is not None:
+        ref = (reference_source_val if callable(reference_source_val)
+               else (lambda r, v=reference_source_val: v))
+        ok = [r for r in scored if r.get("source_val_acc") is not None and ref(r) is not None
+              and r["source_val_acc"] >= ref(r) - guard]
+        scored = ok or scored
+    if not scored:
+        return None
+    return max(scored, key=lambda r: (_score(r, rule), -scored.index(r)))

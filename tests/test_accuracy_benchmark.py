@@ -101,7 +101,8 @@ def test_a_newly_registered_term_joins_the_grid(monkeypatch):
     monkeypatch.setitem(align.REGISTRY, "coral_copy", "ddc.align.coral:CORAL")
     cells = {c.id: c for c in accuracy.build_grid(quick=False, only=None, extra=[])}
     for task in accuracy.TASKS:
-        for variant in task.align_variants:
+        # (the D4 variants run a fixed list of methods, RECIPE_METHODS)
+        for variant in [v for v in task.align_variants if v not in task.variant_methods]:
             for lam in accuracy.ALIGN_LAMBDAS:
                 cell = cells["/".join(p for p in (task.name, variant, f"coral_copy_lam{lam:g}") if p)]
                 cfg = load(accuracy.REPO / task.base, cell.overrides(0))
@@ -118,11 +119,17 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
         assert cfg.seed == 2 and cfg.train.steps == 7
         family = cell.method.family or cell.method.name
         term = cell.method.term
-        # exactly the method's own term (the base config's mmd is gone where another runs)
-        assert list(cfg.align) == ([term] if term else []), cell.id
-        assert _active_terms(cfg) == ([term] if term else [])
-        seen.setdefault(cell.task.name, set()).add(term)
+        terms = term.split("+") if term else []
+        # exactly the method's own terms (the base config's mmd is gone where another runs)
+        assert sorted(cfg.align) == sorted(terms), cell.id
+        assert sorted(_active_terms(cfg)) == sorted(terms)
+        seen.setdefault(cell.task.name, set()).update(terms or [""])
         assert (term == "") == (family == "source_only")
+        if len(terms) > 1:  # a pair of COMBOS, each term at its given weight
+            assert family in accuracy.COMBOS and cell.method.lam is None
+            for name, opts in accuracy.COMBOS[family].items():
+                assert cfg.align[name] == term_class(name).Options(**opts)
+            continue
         assert (term == "mmd") == family.startswith("ddc_")
         if term and term != "mmd":
             variant = term_class(term).variants.get(family, {}) if family != term else {}
@@ -141,13 +148,16 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
         elif term == "mmd":  # the base config's λ
             assert cfg.align["mmd"].weight == (1.0 if cell.task.name == "usps_mnist" else 0.25)
         if cell.task.name != "usps_mnist":
-            assert cfg.mode == "features" and not cfg.data.augment and cfg.data.cache == "disk"
+            d4 = cell.variant.endswith("_d4")
+            assert cfg.mode == "features" and cfg.data.cache == "disk"
+            assert cfg.data.augment == ("d4" if d4 else False) and cfg.train.tta == d4
             assert cfg.model.adapt_width == 256
             want = {"frozen": ("backbone", None), "frozen_224": ("backbone", None),
-                    "frozen_balanced": ("backbone", None), "last_blocks": ("until", "block_15_add")}
+                    "frozen_balanced": ("backbone", None), "last_blocks": ("until", "block_15_add"),
+                    "frozen_d4": ("backbone", None), "frozen_224_d4": ("backbone", None)}
             assert (cfg.model.freeze.mode, cfg.model.freeze.layer) == want[cell.variant]
             assert cfg.data.balance_source == (cell.variant == "frozen_balanced")
-            assert cfg.data.image_size == (224 if cell.variant == "frozen_224" else 128)
+            assert cfg.data.image_size == (224 if cell.variant.startswith("frozen_224") else 128)
     # every registered method, and source only, on every task
     assert seen == {t.name: {""} | set(REGISTRY) for t in accuracy.TASKS}
     aid = load(accuracy.REPO / "configs/grid/aid_siri_whu.json")

@@ -90,3 +90,20 @@ def test_class_balanced_selection_labels_a_class_below_the_threshold():
     assert pseudo_label_mask(logits, 0.9, 0.0).numpy().tolist() == [1, 1, 0, 0, 0]
     # class 1 never reaches 0.9; its most confident two of three (ceil(0.5 * 3)) are labelled
     assert pseudo_label_mask(logits, 0.9, 0.5).numpy().tolist() == [1, 1, 1, 1, 0]
+
+
+def test_select_by_each_rule_and_the_guard_against_collapse():
+    from ddc.selection import RULES, select
+    runs = [{"id": "a", "source_val_acc": 0.90, "target_entropy": 0.8, "target_snd": 5.0},
+            {"id": "b", "source_val_acc": 0.93, "target_entropy": 0.5, "target_snd": 6.0},
+            {"id": "collapsed", "source_val_acc": 0.40, "target_entropy": 0.01,
+             "target_snd": 7.5},
+            {"id": "old", "source_val_acc": 0.95, "target_entropy": None, "target_snd": None}]
+    picks = {rule: select(runs, rule, reference_source_val=0.92)["id"] for rule in RULES}
+    assert picks == {"source_val": "old", "entropy": "collapsed", "snd": "collapsed",
+                     "snd_guarded": "b"}
+    # a per-run reference (each run's own source-only run); none eligible: the guard is dropped
+    assert select(runs, "snd_guarded", reference_source_val=lambda r: 0.99)["id"] == "collapsed"
+    assert select(runs[3:], "snd") is None
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        select(runs, "target_acc")
