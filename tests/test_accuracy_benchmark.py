@@ -166,6 +166,42 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
     assert not aid.data.target.class_map
 
 
+def test_sweep_finds_a_finished_run_of_the_same_resolved_config(tmp_path):
+    from ddc import sweep
+    from ddc.config import load
+    # the hash names existing run directories: it must not change
+    assert sweep.config_hash({"b": 1, "a": [2]}) == "57c78504"
+    cfg = load(accuracy.REPO / "configs/usps_mnist.json", ["seed=1"]).to_dict()
+    workdir = sweep.run_dir(tmp_path, "seed1", cfg)
+    assert workdir == tmp_path / f"seed1-{sweep.config_hash(cfg)}"
+    assert sweep.finished_run(tmp_path, "seed1", cfg, "meta.json") is None
+    workdir.mkdir()
+    # a run written before data.balance_source existed (its directory has another hash)
+    legacy = json.loads(json.dumps(cfg))
+    del legacy["data"]["balance_source"]
+    old = tmp_path / f"seed1-{sweep.config_hash(legacy)}"
+    old.mkdir()
+    for d, res in ((workdir, 0.5), (old, 0.4)):
+        (d / "config.json").write_text(json.dumps(legacy if d == old else cfg))
+        (d / "results.json").write_text(json.dumps({"target_acc": res}))
+    assert sweep.finished_run(tmp_path, "seed1", cfg, "meta.json") is None  # no meta: unfinished
+    (workdir / "meta.json").write_text('{"total_wall_s": 3}')
+    assert sweep.finished_run(tmp_path, "seed1", cfg, "meta.json") == (
+        {"target_acc": 0.5}, {"total_wall_s": 3}, workdir)
+    (old / "meta.json").write_text('{"total_wall_s": 4}')
+    first = min(workdir, old)  # both runs of the config: the first by name
+    assert sweep.finished_run(tmp_path, "seed1", cfg, "meta.json")[2] == first
+    assert sweep.finished_run(tmp_path, "seed2", cfg, "meta.json") is None
+    other = load(accuracy.REPO / "configs/usps_mnist.json", ["seed=1", "train.lr=0.1"]).to_dict()
+    assert sweep.finished_run(tmp_path, "seed1", other, "meta.json") is None
+    assert sweep.finished_run(tmp_path, "seed1", {"nonsense": 1}, "meta.json") is None
+    # the benchmark's own names: seed<seed>-<hash>, accuracy_benchmark.json
+    (workdir / accuracy.RUN_META).write_text('{"total_wall_s": 5}')
+    (old / "meta.json").unlink()
+    assert accuracy.finished_run(tmp_path, 1, cfg) == (
+        {"target_acc": 0.5}, {"total_wall_s": 5}, workdir)
+
+
 def test_effective_overrides_keep_the_last_value_of_a_key():
     assert accuracy.effective(["a=1", "b=2", "a=3"]) == ["b=2", "a=3"]
 

@@ -1,0 +1,307 @@
+"""The accuracy benchmark's grid: tasks x variants x methods, and the overrides of each cell.
+
+Nothing here runs or reads a run: ``build_grid`` returns the cells ``accuracy.py`` runs (each
+once per seed, ``accuracy_run``) and reports (``accuracy_report``). A task is a base config and
+its variants (``--set`` overrides); a method is the overrides of an alignment term (or of none);
+a cell's overrides are the task's, then the variant's and the method's, then the invocation's
+(``--quick``, ``--steps``, ``--set``), the last value of a key winning (``effective``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CONFIGS = REPO / "configs"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One adaptation task: a base config file and the freeze variants it is run with."""
+    name: str
+    title: str
+    base: str                          # config file, relative to the repository
+    overrides: list                    # --set overrides of every run of the task
+    variants: dict                     # variant name ("" = none) -> list of --set overrides
+    bar: str                           # what DDC must reach, in words
+    min_ddc_acc: float | None = None   # DDC's mean target accuracy must reach this
+    min_gain: float = 0.0              # DDC minus source only, mean over seeds, must exceed this
+    extra_lambdas: tuple = ()          # DDC also run with these λ (besides the base config's)
+    extra_lambda_variants: tuple = ("frozen",)  # ... in these variants (CPU budget)
+    variant_methods: dict = field(default_factory=dict)  # variant -> the only methods it runs
+    align_variants: tuple = ("",)      # variants that run every other registered method
+    combo_variants: tuple = ()         # variants that run the pairs of COMBOS
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    title: str
+    overrides: list
+    family: str = ""                   # the method without its λ (default: name)
+    lam: float | None = None           # None: the base config's λ
+    term: str = ""                     # the alignment term it runs, whose weight λ is ("": none)
+
+
+# source only, and DDC (the ``mmd`` term) with each MMD² estimator at the base config's λ
+METHODS = [
+    Method("source_only", "source only (no alignment term)", ["align={}"]),
+    Method("ddc_gauss_biased", "DDC, Gaussian multi-bandwidth, biased MMD²",
+           ["align.mmd.kernel=\"gaussian\"", "align.mmd.estimator=\"biased\""], term="mmd"),
+    Method("ddc_gauss_unbiased", "DDC, Gaussian multi-bandwidth, unbiased MMD²",
+           ["align.mmd.kernel=\"gaussian\"", "align.mmd.estimator=\"unbiased\""], term="mmd"),
+    Method("ddc_gauss_linear", "DDC, Gaussian multi-bandwidth, linear-time MMD²",
+           ["align.mmd.kernel=\"gaussian\"", "align.mmd.estimator=\"linear\""], term="mmd"),
+    Method("ddc_linear_kernel", "DDC, linear kernel (original DDC)",
+           ["align.mmd.kernel=\"linear\""], term="mmd"),
+]
+# every other method of ``ddc.align.REGISTRY`` (a new term joins the grid by registering) runs
+# alone with its default options at each of these λ: ``--set 'align={"<name>": {"weight": λ}}'``
+ALIGN_LAMBDAS = (0.1, 1.0)
+# --quick: one λ each, in the frozen MobileNetV2 variant only (cached features: seconds a run;
+# a LeNet run through the whole network takes minutes on a shared CPU)
+QUICK_ALIGN_LAMBDAS = (1.0,)
+QUICK_ALIGN_VARIANTS = ("frozen",)
+
+
+# pairs of terms, each at λ = 1 (MCC's and the other papers' default), where a task's
+# ``combo_variants`` run them: name -> the align mapping
+COMBOS = {
+    "mmd+mcc": {"mmd": {"weight": 1.0}, "mcc": {"weight": 1.0}},
+    "mcc+im": {"mcc": {"weight": 1.0}, "im": {"weight": 1.0}},
+    "cdan_e+mcc": {"cdan": {"weight": 1.0, "entropy_conditioning": True}, "mcc": {"weight": 1.0}},
+    "mcc+pseudo_label": {"mcc": {"weight": 1.0}, "pseudo_label": {"weight": 1.0}},
+}
+
+
+def combo_methods() -> list[Method]:
+    return [Method(name, " + ".join(f"{t} (λ = {o['weight']:g})" for t, o in align.items()),
+                   ["align=" + json.dumps(align)], family=name, term="+".join(align))
+            for name, align in COMBOS.items()]
+
+
+def _term_summary(name: str) -> str:
+    """The first paragraph of the term module's docstring, without its ````name``:`` prefix."""
+    import importlib
+    import re
+
+    from ddc.align import REGISTRY
+    doc = importlib.import_module(REGISTRY[name].split(":")[0]).__doc__ or ""
+    text = " ".join(doc.strip().split("\n\n")[0].split())
+    return re.sub(r"^``[^`]+``: ", "", text).rstrip(".") or name
+
+
+def registry_methods(lambdas: tuple = ALIGN_LAMBDAS) -> list[Method]:
+    """One method per registered term that METHODS does not already run (``mmd``: the DDC
+    methods), and one per named option set of its ``variants`` (e.g. CDAN+E), at each λ of
+    ``lambdas``; in the registry's order."""
+    from ddc.align import REGISTRY, term_class
+    covered = {m.term for m in METHODS}
+    out = []
+    for name in REGISTRY:
+        if name in covered:
+            continue
+        for family, opts in [(name, {}), *term_class(name).variants.items()]:
+            what = name if not opts else f"{name} with {json.dumps(opts)}"
+            out += [Method(f"{family}_lam{lam:g}", f"{what}: {_term_summary(name)}, λ = {lam:g}",
+                           ["align=" + json.dumps({name: {"weight": lam, **opts}})],
+                           family=family, lam=lam, term=name)
+                    for lam in lambdas]
+    return out
+
+# MobileNetV2 in mode "features": "frozen" trains only the head on the cached pooled features;
+# "frozen_224" is the same at the backbone's native 224 px instead of 128 (better features for
+# ~3x the one-off extraction); "last_blocks" caches the output of block_15_add and trains
+# block_16, Conv_1 and the head, the backbone part at 0.1 x the learning rate (the base configs
+# set train.backbone_lr_mult).
+MOBILENET_VARIANTS = {
+    "frozen": ["model.freeze.mode=\"backbone\""],
+    "frozen_224": ["model.freeze.mode=\"backbone\"", "data.image_size=224"],
+    "last_blocks": ["model.freeze.mode=\"until\"", "model.freeze.layer=\"block_15_add\""],
+    # the frozen variants with the eight rotations and flips of each image (one drawn per sample
+    # and step) and the target also evaluated on the softmax averaged over them (`target_acc_tta`)
+    "frozen_d4": ["model.freeze.mode=\"backbone\"", "data.augment=\"d4\"", "train.tta=true"],
+    "frozen_224_d4": ["model.freeze.mode=\"backbone\"", "data.image_size=224",
+                      "data.augment=\"d4\"", "train.tta=true"],
+}
+# what the D4 variants run: source only, DDC, the methods that led the frozen grid, and the pairs
+RECIPE_METHODS = ("source_only", "ddc_gauss_biased_lam1", "mcc_lam1", "im_lam1", "cdan_e_lam1",
+                  "pseudo_label_lam1", *COMBOS)
+
+TASKS = [
+    # 1000 steps for every method (CPU budget); the config's own 3000 steps for source only and
+    # the default DDC (variant "3000_steps")
+    Task("usps_mnist", "USPS -> MNIST (10 classes, LeNet, 28 px; 1000 steps, and the config's "
+         "3000 for two methods)", "configs/usps_mnist.json",
+         ["data.cache=\"disk\"", "train.keep_checkpoints=1", "train.eval_batch_size=500",
+          "train.steps=1000", "train.eval_every=250", "train.checkpoint_every=1000"],
+         {"": [], "3000_steps": ["train.steps=3000", "train.eval_every=500",
+                                 "train.checkpoint_every=3000"]},
+         bar="DDC >= 0.90 and DDC > source only", min_ddc_acc=0.90,
+         variant_methods={"3000_steps": ("source_only", "ddc_gauss_biased")}),
+    Task("siri_whu_aid", "SIRI-WHU -> AID (11 shared classes, MobileNetV2, 128 px; frozen also "
+         "at 224 px)",
+         "configs/grid/siri_whu_aid.json", [], MOBILENET_VARIANTS,
+         bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0, 4.0, 16.0),
+         extra_lambda_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4"),
+         align_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4"),
+         combo_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4"),
+         variant_methods={"frozen_d4": RECIPE_METHODS, "frozen_224_d4": RECIPE_METHODS}),
+    # AID as the source is imbalanced (the merged residential class is 22% of it, against 9% of
+    # SIRI-WHU): "frozen_balanced" draws its batches class-balanced (data.balance_source)
+    Task("aid_siri_whu", "AID -> SIRI-WHU (11 shared classes, MobileNetV2, 128 px; frozen also "
+         "at 224 px and with class-balanced source batches)",
+         "configs/grid/aid_siri_whu.json", [],
+         {**MOBILENET_VARIANTS,
+          "frozen_balanced": MOBILENET_VARIANTS["frozen"] + ["data.balance_source=true"]},
+         bar="DDC >= source only + 0.03", min_gain=0.03, extra_lambdas=(1.0, 4.0, 16.0),
+         extra_lambda_variants=("frozen", "frozen_224", "frozen_balanced", "frozen_d4",
+                                "frozen_224_d4"),
+         align_variants=("frozen", "frozen_224", "frozen_balanced", "frozen_d4",
+                         "frozen_224_d4"),
+         combo_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4"),
+         variant_methods={"frozen_d4": RECIPE_METHODS, "frozen_224_d4": RECIPE_METHODS}),
+]
+TASKS_BY_NAME = {t.name: t for t in TASKS}
+
+
+def methods_for(task: Task, variant: str | None = None, quick: bool = False) -> list[Method]:
+    """The methods of ``task`` (in ``variant``; None: of any variant): METHODS, each DDC method
+    again at each extra λ where the variant runs them, then the registry's other methods
+    (``registry_methods``) where the variant runs them (if ``quick``: at
+    ``QUICK_ALIGN_LAMBDAS``, in ``QUICK_ALIGN_VARIANTS``)."""
+    out = list(METHODS)
+    if variant is None or variant in task.extra_lambda_variants:
+        for lam in task.extra_lambdas:
+            out += [Method(f"{m.name}_lam{lam:g}", f"{m.title}, λ = {lam:g}",
+                           m.overrides + [f"align.mmd.weight={lam}"], family=m.name, lam=lam,
+                           term=m.term)
+                    for m in METHODS if m.term == "mmd"]
+    if variant is None or (variant in task.align_variants
+                           and (not quick or variant in QUICK_ALIGN_VARIANTS)):
+        out += registry_methods(QUICK_ALIGN_LAMBDAS if quick else ALIGN_LAMBDAS)
+    if variant is None or (variant in task.combo_variants and not quick):
+        out += combo_methods()
+    if variant in task.variant_methods:
+        out = [m for m in out if m.name in task.variant_methods[variant]]
+    return out
+
+
+def _method(task_name: str, method_name: str) -> Method:
+    return next(m for m in methods_for(TASKS_BY_NAME[task_name]) if m.name == method_name)
+
+
+def method_title(task_name: str, method_name: str) -> str:
+    return _method(task_name, method_name).title
+
+
+def method_family(task_name: str, method_name: str) -> str:
+    m = _method(task_name, method_name)
+    return m.family or m.name
+
+
+def method_term(task_name: str, method_name: str) -> str:
+    """The alignment term the method runs (``""``: source only)."""
+    return _method(task_name, method_name).term
+
+# --quick: one seed, fewer steps and images, only the frozen MobileNetV2 variant
+QUICK = {
+    "usps_mnist": ["train.steps=300", "train.eval_every=150", "train.checkpoint_every=300",
+                   "data.source.max_per_class=200", "data.target.max_per_class=200"],
+    "siri_whu_aid": ["train.steps=200", "train.eval_every=100", "train.checkpoint_every=200",
+                     "data.target.max_per_class=60"],
+    "aid_siri_whu": ["train.steps=200", "train.eval_every=100", "train.checkpoint_every=200",
+                     "data.source.max_per_class=60"],
+}
+QUICK_VARIANTS = {"", "frozen"}
+
+HYPERPARAMETER_RULE = (
+    "No hyperparameter was tuned on target labels. Fixed in advance: SIRI-WHU/AID use the DDC "
+    "paper's defaults (λ = 0.25, adaptation layer width 256) with the shipped "
+    "`configs/siri_whu.json` optimisation (SGD, momentum 0.9, lr 0.01 with the inv schedule, "
+    "batch 32+32, 1000 steps, backbone lr x0.1); USPS -> MNIST uses the shipped "
+    "`configs/usps_mnist.json` (λ = 1, Adam lr 5e-4, batch 64+64, width 256), 1000 steps for "
+    "every method and the config's 3000 for source only and the default DDC (CPU budget). On "
+    "SIRI-WHU/AID each DDC method with the frozen backbone (128 and 224 px, and with AID "
+    "class-balanced) is also run at λ = 1 (the DAN default), 4 and 16, and one λ per method is "
+    "then chosen by source validation accuracy alone (rule below). Every other method of "
+    "`ddc.align.REGISTRY` runs alone, its options at their defaults, at λ = "
+    + " and ".join(f"{lam:g}" for lam in ALIGN_LAMBDAS) + " (USPS -> MNIST at 1000 steps, and "
+    "the frozen SIRI-WHU/AID variants), its λ chosen by the same rule. Target labels are used "
+    "only to compute the reported target metrics: `target acc` is the final step's; "
+    "`target acc @ best src val` is the target accuracy at the evaluation step with the best "
+    "source validation accuracy (a step chosen without target labels).")
+
+
+@dataclass
+class Cell:
+    """One grid cell: a task, a variant, a method; run once per seed."""
+    task: Task
+    variant: str
+    method: Method
+    extra: list = field(default_factory=list)   # --quick / --steps / --set overrides
+
+    @property
+    def id(self) -> str:
+        return "/".join(p for p in (self.task.name, self.variant, self.method.name) if p)
+
+    @property
+    def common(self) -> list:
+        """The overrides shared by every cell of the task in this invocation."""
+        return effective(self.task.overrides + self.extra)
+
+    @property
+    def own(self) -> list:
+        """The overrides that make this cell (variant and method)."""
+        return effective(self.task.variants[self.variant] + self.method.overrides)
+
+    def overrides(self, seed: int) -> list:
+        # the invocation's own overrides (--steps, --set) come last: they win over the cell's
+        return effective(self.task.overrides + self.own + self.extra + [
+            f"seed={seed}", f"name=\"{self.id.replace('/', '.')}.s{seed}\""])
+
+
+def effective(overrides: list) -> list:
+    """``overrides`` without the ones a later override of the same key replaces."""
+    last = {o.split("=", 1)[0]: i for i, o in enumerate(overrides)}
+    return [o for i, o in enumerate(overrides) if last[o.split("=", 1)[0]] == i]
+
+
+def matches(cell_id: str, patterns: list[str]) -> bool:
+    """``cell_id`` matches a glob pattern itself or is below one (``usps_mnist`` matches all
+    of that task's cells)."""
+    return any(fnmatch.fnmatchcase(cell_id, p) or fnmatch.fnmatchcase(cell_id, p.rstrip("/") + "/*")
+               for p in patterns)
+
+
+def scoped(overrides: list[str], task: str) -> list[str]:
+    """The overrides that apply to ``task``: unscoped ones (``key=value``) and the ones scoped
+    to it (``task:key=value``)."""
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if ":" not in key:
+            out.append(o)
+        elif key.split(":", 1)[0] == task:
+            out.append(o.split(":", 1)[1])
+    return out
+
+
+def build_grid(quick: bool, only: list[str] | None, extra: list[str]) -> list[Cell]:
+    cells = []
+    for task in TASKS:
+        for variant in task.variants:
+            if quick and variant not in QUICK_VARIANTS:
+                continue
+            for method in methods_for(task, variant, quick):
+                over = (QUICK[task.name] if quick else []) + scoped(extra, task.name)
+                cell = Cell(task, variant, method, over)
+                if not only or matches(cell.id, only):
+                    cells.append(cell)
+    if only:  # in the order of the patterns (cheap or important cells first)
+        cells.sort(key=lambda c: next(i for i, p in enumerate(only) if matches(c.id, [p])))
+    return cells

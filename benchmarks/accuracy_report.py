@@ -1,0 +1,311 @@
+"""The accuracy benchmark's report: bars, λ and model chosen without target labels, and the
+markdown ``docs/RESULTS.md`` and ``results.json`` written from the cells' summaries
+(``accuracy_run.summarize``). The selection rules themselves are ``ddc.selection``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from benchmarks import accuracy_grid as grid
+
+# λ selection without target labels: among the λ a DDC method was run with, the largest whose
+# mean source validation accuracy is at most this far below source only's (as much alignment as
+# the source task tolerates)
+SOURCE_VAL_TOLERANCE = 0.01
+
+
+def check_bars(summaries: list[dict]) -> list[dict]:
+    """Each DDC cell (the ``mmd`` term's) against its task's bar: beats source only (same task
+    and variant) on the mean over seeds by more than ``min_gain``, and reaches
+    ``min_ddc_acc``. The other methods' cells are compared in the tables (``Δ``), not barred."""
+    base = {(s["task"], s["variant"]): s for s in summaries if s["method"] == "source_only"}
+    checks = []
+    for s in summaries:
+        if (grid.method_term(s["task"], s["method"]) != "mmd"
+                or (s["task"], s["variant"]) not in base):
+            continue
+        task = grid.TASKS_BY_NAME[s["task"]]
+        gain = s["target_acc"] - base[(s["task"], s["variant"])]["target_acc"]
+        ok = gain > task.min_gain and (task.min_ddc_acc is None or s["target_acc"] >= task.min_ddc_acc)
+        checks.append({"id": s["id"], "bar": task.bar, "target_acc": s["target_acc"],
+                       "gain": gain, "passed": ok})
+    return checks
+
+
+def _lambda(s: dict) -> float:
+    """A cell's λ: the weight of its method's term in its resolved config."""
+    return s["config_seed0"]["align"][grid.method_term(s["task"], s["method"])]["weight"]
+
+
+def select_lambdas(summaries: list[dict]) -> list[dict]:
+    """For each method run at several λ: the λ chosen by source validation only.
+
+    Rule: the largest λ whose mean source validation accuracy is at least source only's
+    (same task and variant) minus ``SOURCE_VAL_TOLERANCE``; the smallest λ if none is.
+    Target accuracy is looked up only after the choice, for the report.
+    """
+    base = {(s["task"], s["variant"]): s for s in summaries if s["method"] == "source_only"}
+    groups: dict = {}
+    for s in summaries:
+        if s["method"] != "source_only":
+            key = (s["task"], s["variant"], grid.method_family(s["task"], s["method"]))
+            groups.setdefault(key, []).append(s)
+    out = []
+    for (task, variant, family), cands in groups.items():
+        ref = base.get((task, variant))
+        if len(cands) < 2 or ref is None:
+            continue
+        cands = sorted(cands, key=_lambda)
+        ok = [c for c in cands if c["source_val_acc"] >= ref["source_val_acc"] - SOURCE_VAL_TOLERANCE]
+        chosen = ok[-1] if ok else cands[0]
+        out.append({"task": task, "variant": variant, "method": family, "id": chosen["id"],
+                    "source_only_source_val_acc": ref["source_val_acc"],
+                    "candidates": [{"lambda": _lambda(c), "id": c["id"],
+                                    "source_val_acc": c["source_val_acc"]} for c in cands],
+                    "lambda": _lambda(chosen),
+                    "target_acc": chosen["target_acc"], "target_acc_std": chosen["target_acc_std"],
+                    "gain": chosen["target_acc"] - ref["target_acc"]})
+    return out
+
+
+def model_selection(summaries: list[dict]) -> list[dict]:
+    """For each task and each rule of ``ddc.selection.RULES``: the cell it picks among the
+    task's cells that have the rule's score (mean over seeds; cells read back from a file
+    without SND are not candidates), and, for honesty only, the best cell by target accuracy
+    among the same candidates. ``snd_guarded`` compares each cell with its own variant's source
+    only. Target accuracy is looked up only after the choice."""
+    from ddc.selection import RULES, select
+
+    base = {(s["task"], s["variant"]): s for s in summaries if s["method"] == "source_only"}
+
+    def reference(s):
+        ref = base.get((s["task"], s["variant"]))
+        return ref["source_val_acc"] if ref else None
+
+    def row(s):
+        return {k: s.get(k) for k in ("id", "target_acc", "target_acc_std", "target_acc_tta",
+                                      "source_val_acc", "target_snd", "target_entropy")}
+
+    out = []
+    for task in grid.TASKS:
+        cands = [s for s in summaries if s["task"] == task.name and s.get("target_snd") is not None]
+        if not cands:
+            continue
+        oracle = max(cands, key=lambda s: s["target_acc"])
+        for rule in RULES:
+            pick = select(cands, rule, reference_source_val=reference)
+            out.append({"task": task.name, "rule": rule, "candidates": len(cands), **row(pick),
+                        "best_cell": row(oracle)})
+    return out
+
+
+def _pct(mean, std=None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def _machine() -> str:
+    import keras
+    import tensorflow as tf
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = tf.config.list_physical_devices("GPU")
+    load = "%.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else "n/a"
+    return (f"nproc={os.cpu_count()}, CPU: {cpu}, "
+            + (f"GPU: {', '.join(g.name for g in gpus)}" if gpus else "no GPU")
+            + f"; tensorflow {tf.__version__}, keras {keras.__version__}, python "
+            f"{platform.python_version()}; load average at the end (1/5/15 min): {load} "
+            "(a shared machine: wall times are indicative only)")
+
+
+def render(summaries: list[dict], checks: list[dict], command: str, machine: str, date: str,
+           notes: list[str], selected: list[dict] | None = None,
+           picks: list[dict] | None = None) -> str:
+    """The markdown report."""
+    lines = ["# Accuracy benchmark: DDC and the other alignment methods vs source only", "",
+             "Generated by `benchmarks/accuracy.py`; do not edit by hand.", "",
+             f"- command: `{command}`", f"- machine: {machine}", f"- date: {date}",
+             f"- hyperparameters: {grid.HYPERPARAMETER_RULE}", ""]
+    for note in notes:
+        lines.append(f"- {note}")
+    if notes:
+        lines.append("")
+    lines += ["Accuracies in %, mean ± std over the seeds. `Δ` is the method minus source only "
+              "(same task and backbone variant). `src val` is source validation accuracy at the final "
+              "step. `setup s` is the run's own `setup_time_s`: decoding (or reading the image cache), "
+              "building the network and, in mode \"features\", extracting the frozen part's output "
+              "or reading it from the disk cache; `train s` the training loop with its evaluations.", ""]
+    by_task: dict = {}
+    for s in summaries:
+        by_task.setdefault(s["task"], []).append(s)
+    for task in grid.TASKS:
+        rows = by_task.get(task.name)
+        if not rows:
+            continue
+        common = " ".join(f"`--set {o}`" for o in rows[0]["common_overrides"]) or "none"
+        lines += [f"## {task.title}", "", f"Base config `{task.base}`; bar: {task.bar}. "
+                  f"Classes ({len(rows[0]['classes'])}): {', '.join(rows[0]['classes'])}.",
+                  f"Overrides of every run of this task: {common}; each row adds its own, "
+                  "and `--set seed=<seed>`."]
+        dropped = {k: v for k, v in rows[0]["dropped_classes"].items() if v}
+        if dropped:
+            lines.append("Dropped for lack of a counterpart: " + "; ".join(
+                f"{k}: {', '.join(v)}" for k, v in dropped.items()) + ".")
+        lines += ["", "| cell | method | seeds | steps | target acc | Δ | with D4 TTA | "
+                  "mean per-class acc | target acc @ best src val | src val | SND | setup s | "
+                  "train s | overrides |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        base = {s["variant"]: s for s in rows if s["method"] == "source_only"}
+        for s in rows:
+            title = (grid.method_title(s["task"], s["method"])
+                     + (" †" if s.get("reused_from") else ""))
+            ref = base.get(s["variant"])
+            delta = ("" if s["method"] == "source_only" or ref is None
+                     else f"{100 * (s['target_acc'] - ref['target_acc']):+.1f}")
+            setup = s.get("setup_time_s")  # older results: everything but the training loop
+            setup = (s["total_wall_s"] or 0) - (s["wall_time_s"] or 0) if setup is None else setup
+            over = " ".join(f"`--set {o}`" for o in s["overrides"])
+            lines.append(
+                f"| {s['id']} | {title} | {len(s['seeds'])} | {'/'.join(map(str, s['steps']))} | "
+                f"{_pct(s['target_acc'], s['target_acc_std'])} | {delta} | "
+                f"{_pct(s.get('target_acc_tta'), s.get('target_acc_tta_std'))} | "
+                f"{_pct(s['target_mean_class_acc'], s['target_mean_class_acc_std'])} | "
+                f"{_pct(s['target_acc_at_best_source_val'], s['target_acc_at_best_source_val_std'])} | "
+                f"{_pct(s['source_val_acc'])} | "
+                f"{'' if s.get('target_snd') is None else format(s['target_snd'], '.3f')} | "
+                f"{setup:.0f} | {s['wall_time_s']:.0f} | {over} |")
+        lines.append("")
+    if selected:
+        lines += ["## λ chosen by source validation", "",
+                  "Where a method ran at several λ, the λ below is chosen without target labels: "
+                  "the largest λ whose mean source validation accuracy is at least source only's "
+                  f"minus {100 * SOURCE_VAL_TOLERANCE:g} points (as much alignment as the source "
+                  "task tolerates; the smallest λ if none qualifies). Target accuracy is read only "
+                  "after the choice.", "",
+                  "| task / variant | method | src val: source only | src val per λ | chosen λ | "
+                  "target acc | Δ |", "|---|---|---|---|---|---|---|"]
+        for c in selected:
+            per = ", ".join(f"λ={x['lambda']:g}: {_pct(x['source_val_acc'])}" for x in c["candidates"])
+            lines.append(f"| {c['task']}/{c['variant']} | {c['method']} | "
+                         f"{_pct(c['source_only_source_val_acc'])} | {per} | {c['lambda']:g} | "
+                         f"{_pct(c['target_acc'], c['target_acc_std'])} | {100 * c['gain']:+.1f} |")
+        lines.append("")
+    if picks:
+        from ddc.selection import DEFAULT_RULE, RULES, SOURCE_GUARD
+        lines += ["## Model chosen without target labels", "",
+                  "Each rule picks one cell of a task among its cells that have the rule's score "
+                  "(mean over seeds; cells read back from an earlier file without SND are not "
+                  "candidates). Rules (`ddc.selection`): "
+                  + "; ".join(f"`{k}`: {v.replace('SOURCE_GUARD', f'{100 * SOURCE_GUARD:g} point')}"
+                              for k, v in RULES.items())
+                  + f". **`{DEFAULT_RULE}` was fixed in advance as the rule whose pick we call "
+                  "ours.** `best cell` is the candidate with the highest target accuracy, printed "
+                  "for honesty and never used.", "",
+                  "| task | rule | candidates | picked cell | target acc | with D4 TTA | src val | "
+                  "SND | entropy | best cell (not used) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for p in picks:
+            b = p["best_cell"]
+            mark = "**" if p["rule"] == DEFAULT_RULE else ""
+            lines.append(
+                f"| {p['task']} | {mark}{p['rule']}{mark} | {p['candidates']} | {p['id']} | "
+                f"{mark}{_pct(p['target_acc'], p['target_acc_std'])}{mark} | "
+                f"{_pct(p['target_acc_tta'])} | {_pct(p['source_val_acc'])} | "
+                f"{p['target_snd']:.3f} | {p['target_entropy']:.3f} | "
+                f"{b['id']}: {_pct(b['target_acc'], b['target_acc_std'])} |")
+        lines.append("")
+    if checks:
+        chosen = {c["id"] for c in selected or []}
+        lines += ["## Bars", ""]
+        for label, subset in (("DDC cells", checks),
+                              ("DDC cells with λ chosen by source validation",
+                               [c for c in checks if c["id"] in chosen])):
+            if subset:
+                lines.append(f"- {label}: {sum(c['passed'] for c in subset)} of {len(subset)} "
+                             "pass their task's bar.")
+        lines += ["", "| cell | bar | target acc | Δ vs source only | passed |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c['id']} | {c['bar']} | {_pct(c['target_acc'])} | {100 * c['gain']:+.1f} | "
+                  f"{'yes' if c['passed'] else '**no**'} |" for c in checks]
+        lines.append("")
+    lines += ["## Exact configs", "",
+              "Each run is `python scripts/train_ddc.py --config <base> --set ...` with the overrides "
+              "of its row plus `--set seed=<seed>` (and a `name`). The resolved config of seed 0 of "
+              "each cell:", ""]
+    for s in summaries:
+        lines += [f"<details><summary>{s['id']}</summary>", "", "```json",
+                  json.dumps(s["config_seed0"], indent=1), "```", "", "</details>", ""]
+    return "\n".join(lines)
+
+
+def reductions(cells: list[grid.Cell], summaries: list[dict], seeds: list[int],
+               quick: bool) -> list[str]:
+    """Lines saying how this report differs from the full grid (cells, seeds, steps)."""
+    lines = []
+    if quick:
+        lines.append("**quick grid** (`--quick`: fewer steps and images, frozen MobileNetV2 only; "
+                     "the registry's other methods at one λ, frozen MobileNetV2 only): a smoke "
+                     "run, not the benchmark")
+    done = {s["id"] for s in summaries}
+    missing = [c.id for c in grid.build_grid(False, None, []) if c.id not in done]
+    if missing and not quick:
+        lines.append(f"**reduced grid**: {len(missing)} of {len(missing) + len(done)} cells not "
+                     f"run: {', '.join(missing)}")
+    if seeds != [0, 1, 2]:
+        lines.append(f"seeds: {', '.join(map(str, seeds))} (the full grid uses 0, 1, 2)")
+    for task in grid.TASKS:
+        rows = [s for s in summaries if s["task"] == task.name]
+        if not rows:
+            continue
+        base = json.loads((grid.REPO / task.base).read_text()).get("train", {}).get("steps", 1000)
+        steps = sorted({n for s in rows for n in s["steps"]})
+        if steps != [base]:
+            lines.append(f"{task.name}: {'/'.join(map(str, steps))} training steps instead of "
+                         f"the base config's {base}")
+    return lines
+
+
+def _write_report(args, cells, seeds, summaries, out_md, out_json, command,
+                  elapsed: float) -> str:
+    checks = check_bars(summaries)
+    date = time.strftime("%Y-%m-%d %H:%M %Z")
+    notes = reductions(cells, summaries, seeds, args.quick) + list(args.note)
+    origins = sorted({s["reused_from"] for s in summaries if s.get("reused_from")})
+    if origins:
+        n = sum(bool(s.get("reused_from")) for s in summaries)
+        notes.append(f"† {n} cells read back from {'; '.join(origins)} (`--reuse`: that run's "
+                     "summaries, with the identical resolved config and seeds; their run "
+                     "directories are not kept). Leave `--reuse` out to rerun them.")
+    notes.append(f"{len(summaries)} of {len(cells)} cells done; {elapsed:.0f} s in this "
+                 "invocation (runs read back from earlier invocations cost ~0 s)")
+    extracted = sum(s.get("features_extracted") or 0 for s in summaries)
+    cached = sum(s.get("features_from_cache") or 0 for s in summaries)
+    if extracted or cached:
+        notes.append(
+            "mode \"features\" runs read the frozen part's output from the library's disk cache "
+            "(`ddc.train.feature_cache`, as a CLI run does): the first run of a backbone variant "
+            f"extracts it; {extracted} views extracted, {cached} read from the cache by the runs "
+            "of this report. `setup s` is what the same config costs from the command line.")
+    selected = select_lambdas(summaries)
+    picks = model_selection(summaries)
+    text = render(summaries, checks, command, _machine(), date, notes, selected, picks)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(text)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps({"command": command, "date": date, "machine": _machine(),
+                                    "hyperparameter_rule": grid.HYPERPARAMETER_RULE,
+                                    "seeds": seeds, "cells": summaries, "bars": checks,
+                                    "lambda_by_source_val": selected,
+                                    "model_selection": picks}, indent=1))
+    return text

@@ -1,0 +1,141 @@
+"""The accuracy benchmark's runs: one seed of a grid cell trained (or read back), and the
+summary of a cell over its seeds.
+
+Every run is ``ddc.config.load(base, overrides)`` + ``ddc.train.train_and_evaluate`` (what
+``scripts/train_ddc.py --config BASE --set ...`` does) in its own run directory
+``<runs>/<cell id>/seed<seed>-<config hash>`` (``ddc.sweep``): a finished run of the same
+resolved config is read back, not rerun. ``--reuse`` summaries (``load_reusable``,
+``reused_summary``) come from an earlier ``results.json`` of ``accuracy.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks import accuracy_grid as grid
+from ddc import sweep
+from ddc.sweep import config_hash  # noqa: F401  (re-exported: the hash in a run's folder name)
+
+# written into a run directory once its run returned: a run without it is not finished
+RUN_META = "accuracy_benchmark.json"
+
+
+# ----------------------------------------------------------------------------- running
+
+def finished_run(cell_dir: Path, seed: int, config: dict) -> tuple[dict, dict, Path] | None:
+    """``(results, meta, run directory)`` of a finished run of ``config`` under ``cell_dir``
+    (configs compared ``normalised``: a run made before a new default-valued key still matches;
+    ``ddc.sweep.finished_run``)."""
+    return sweep.finished_run(cell_dir, f"seed{seed}", config, RUN_META)
+
+
+def has_finished_runs(cell: grid.Cell, seeds: list[int], runs: Path) -> bool:
+    from ddc.config import load
+    return all(finished_run(runs / cell.id, seed,
+                            load(grid.REPO / cell.task.base, cell.overrides(seed)).to_dict())
+               is not None for seed in seeds)
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the repo when it is inside it (no machine path in the report)."""
+    try:
+        return str(Path(path).resolve().relative_to(grid.REPO))
+    except ValueError:
+        return str(path)
+
+
+def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
+                  weights_root: Path) -> dict:
+    """Trains one seed of ``cell`` (or reads back a finished run of the same config).
+
+    Returns:
+        The run's ``results.json`` plus ``run_dir``, ``overrides``, ``config``, ``resumed`` and
+        ``total_wall_s`` (data loading, feature extraction, training and evaluation).
+    """
+    import keras
+
+    from ddc.config import load
+    from ddc.train import train_and_evaluate
+
+    overrides = cell.overrides(seed)
+    cfg = load(grid.REPO / cell.task.base, overrides)
+    config = cfg.to_dict()
+    workdir = sweep.run_dir(runs / cell.id, f"seed{seed}", config)
+    finished = finished_run(runs / cell.id, seed, config)
+    if finished is not None:
+        res, meta, workdir = finished
+        resumed = True
+    else:
+        t0 = time.time()
+        res = train_and_evaluate(cfg, workdir, data_root=data_root, weights_root=weights_root)
+        meta = {"total_wall_s": time.time() - t0, "overrides": overrides,
+                "base": cell.task.base, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (workdir / RUN_META).write_text(json.dumps(meta, indent=2))
+        keras.backend.clear_session()  # one process runs the whole grid
+        resumed = False
+    return {**res, "run_dir": _relative(workdir), "overrides": overrides, "config": config,
+            "resumed": resumed, "total_wall_s": meta["total_wall_s"]}
+
+
+def load_reusable(path: str | None) -> tuple[dict, str]:
+    """The cell summaries of an earlier ``results.json`` (by cell id) and where they came from."""
+    if not path:
+        return {}, ""
+    try:
+        data = json.loads(Path(path).read_text())
+        cells = {s["id"]: s for s in data["cells"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--reuse {path}: not a results file of this script ({e})") from e
+    machine = str(data.get("machine", "unknown machine")).split(";")[0]
+    return cells, f"{path} of {data.get('date', 'unknown date')} ({machine})"
+
+
+def reused_summary(cell: grid.Cell, seeds: list[int], reusable: dict, origin: str) -> dict | None:
+    """An earlier summary of ``cell`` if it ran with the same seeds and the same resolved config
+    (compared on seed 0's, which differs from the other seeds' only in ``seed`` and ``name``;
+    both ``normalised``)."""
+    from ddc.config import load, normalised
+
+    prior = reusable.get(cell.id)
+    if prior is None or prior.get("seeds") != seeds:
+        return None
+    config = normalised(load(grid.REPO / cell.task.base, cell.overrides(seeds[0])).to_dict())
+    if config is None or normalised(prior.get("config_seed0") or {}) != config:
+        return None
+    # the same resolved config: the overrides that make it now are this cell's (an earlier
+    # file's may have been written for another config format, such as the old mmd block)
+    return {**prior, "config_seed0": config, "common_overrides": cell.common,
+            "overrides": cell.own, "reused_from": prior.get("reused_from") or origin}
+
+
+# ----------------------------------------------------------------------------- summarising
+
+def _mean_std(values: list) -> tuple:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(cell: grid.Cell, runs: list[dict]) -> dict:
+    out = {"id": cell.id, "task": cell.task.name, "variant": cell.variant,
+           "method": cell.method.name, "base": cell.task.base,
+           "common_overrides": cell.common, "overrides": cell.own,
+           "seeds": [r["config"]["seed"] for r in runs]}
+    for key in ("target_acc", "target_mean_class_acc", "target_acc_at_best_source_val",
+                "source_val_acc", "wall_time_s", "total_wall_s"):
+        out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
+        out[key + "_per_seed"] = [r.get(key) for r in runs]
+    for key in ("setup_time_s", "train_time_s", "target_acc_tta", "target_snd", "target_entropy"):
+        out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
+    for key in ("features_extracted", "features_from_cache"):
+        out[key] = sum(r.get(key) or 0 for r in runs if not r["resumed"])
+    out["steps"] = sorted({r["steps"] for r in runs})
+    out["classes"] = runs[0]["classes"]
+    out["dropped_classes"] = runs[0]["dropped_classes"]
+    out["config_seed0"] = runs[0]["config"]
+    out["run_dirs"] = [r["run_dir"] for r in runs]
+    return out
