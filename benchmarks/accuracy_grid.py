@@ -136,13 +136,16 @@ TASKS = [
     # 1000 steps for every method (CPU budget); the config's own 3000 steps for source only and
     # the default DDC (variant "3000_steps")
     Task("usps_mnist", "USPS -> MNIST (10 classes, LeNet, 28 px; 1000 steps, and the config's "
-         "3000 for two methods)", "configs/usps_mnist.json",
+         "3000 for four methods)", "configs/usps_mnist.json",
          ["data.cache=\"disk\"", "train.keep_checkpoints=1", "train.eval_batch_size=500",
           "train.steps=1000", "train.eval_every=250", "train.checkpoint_every=1000"],
          {"": [], "3000_steps": ["train.steps=3000", "train.eval_every=500",
                                  "train.checkpoint_every=3000"]},
          bar="DDC >= 0.90 and DDC > source only", min_ddc_acc=0.90,
-         variant_methods={"3000_steps": ("source_only", "ddc_gauss_biased")}),
+         # 3000 steps (the config's): source only, the default DDC, MCC and DDC + MCC
+         align_variants=("", "3000_steps"), combo_variants=("3000_steps",),
+         variant_methods={"3000_steps": ("source_only", "ddc_gauss_biased", "mcc_lam1",
+                                         "mmd+mcc")}),
     Task("siri_whu_aid", "SIRI-WHU -> AID (11 shared classes, MobileNetV2, 128 px; frozen also "
          "at 224 px)",
          "configs/grid/siri_whu_aid.json", [], MOBILENET_VARIANTS,
@@ -225,13 +228,17 @@ HYPERPARAMETER_RULE = (
     "`configs/siri_whu.json` optimisation (SGD, momentum 0.9, lr 0.01 with the inv schedule, "
     "batch 32+32, 1000 steps, backbone lr x0.1); USPS -> MNIST uses the shipped "
     "`configs/usps_mnist.json` (λ = 1, Adam lr 5e-4, batch 64+64, width 256), 1000 steps for "
-    "every method and the config's 3000 for source only and the default DDC (CPU budget). On "
+    "every method and the config's 3000 for source only, the default DDC, MCC and DDC + MCC "
+    "(CPU budget). On "
     "SIRI-WHU/AID each DDC method with the frozen backbone (128 and 224 px, and with AID "
     "class-balanced) is also run at λ = 1 (the DAN default), 4 and 16, and one λ per method is "
     "then chosen by source validation accuracy alone (rule below). Every other method of "
     "`ddc.align.REGISTRY` runs alone, its options at their defaults, at λ = "
     + " and ".join(f"{lam:g}" for lam in ALIGN_LAMBDAS) + " (USPS -> MNIST at 1000 steps, and "
-    "the frozen SIRI-WHU/AID variants), its λ chosen by the same rule. Target labels are used "
+    "the frozen SIRI-WHU/AID variants), its λ chosen by the same rule; the pairs of terms "
+    "(`COMBOS`) run each term at λ = 1. The variants with D4 views (`frozen_d4`, "
+    "`frozen_224_d4`) run a fixed list of methods (`RECIPE_METHODS`: source only, DDC, the "
+    "methods that led the 128 px frozen grid of the previous report, and the pairs). Target labels are used "
     "only to compute the reported target metrics: `target acc` is the final step's; "
     "`target acc @ best src val` is the target accuracy at the evaluation step with the best "
     "source validation accuracy (a step chosen without target labels).")

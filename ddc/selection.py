@@ -67,7 +67,11 @@ RULES = {
                    "source-breaking run has a high SND: all its predictions look alike)",
 }
 DEFAULT_RULE = "snd_guarded"
-SOURCE_GUARD = 0.01
+# Adapting to the target costs some source accuracy (2-4 points for MCC, IM and CDAN+E on frozen
+# MobileNetV2 features of SIRI-WHU -> AID); a collapsed or source-breaking run loses far more.
+# First set at 0.01, which excluded every adapted run of the accuracy grid's first D4 run;
+# widened to 0.05 after that run (whose target accuracies were printed): see docs/RESULTS.md.
+SOURCE_GUARD = 0.05
 
 
 def _score(run: dict, rule: str) -> float | None:
