@@ -55,9 +55,11 @@ from benchmarks import accuracy_run as run  # noqa: E402
 # the names of the three parts, re-exported: ``accuracy.build_grid`` etc. as before the split
 from benchmarks.accuracy_grid import (  # noqa: E402,F401
     ALIGN_LAMBDAS, COMBOS, CONFIGS, HYPERPARAMETER_RULE, METHODS, MOBILENET_VARIANTS, QUICK,
-    QUICK_ALIGN_LAMBDAS, QUICK_ALIGN_VARIANTS, QUICK_VARIANTS, RECIPE_METHODS, REPO, SHARED,
+    PEER_METHODS, QUICK_ALIGN_LAMBDAS, QUICK_ALIGN_VARIANTS, QUICK_VARIANTS, RECIPE_METHODS,
+    REPO, SHARED,
     TASKS, TASKS_BY_NAME, Cell, Method, Task, _method, _term_summary, build_grid, combo_methods,
-    effective, matches, method_family, method_term, method_title, methods_for, registry_methods,
+    effective, matches, method_family, method_peer, method_term, method_title, methods_for,
+    registry_methods,
     scoped)
 from benchmarks.accuracy_report import (  # noqa: E402,F401
     SOURCE_VAL_TOLERANCE, _lambda, _machine, _pct, _write_report, check_bars, model_selection,
@@ -142,7 +144,15 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command) -> str:
     total = len(cells) * len(seeds)
     reusable, origin = run.load_reusable(args.reuse)
     text = ""
+    missing_peer = None
+    if any(c.method.peer for c in cells):
+        from benchmarks import adapt_cells
+        missing_peer = adapt_cells.available()
     for i, cell in enumerate(cells):
+        if cell.method.peer and missing_peer and not run.has_finished_runs(cell, seeds, runs):
+            print(f"[accuracy] {cell.id}: skipped, ADAPT is not installed ({missing_peer}; see "
+                  "benchmarks/adapt_cells.py)", file=sys.stderr, flush=True)
+            continue
         # this invocation's own finished runs win over --reuse
         prior = (run.reused_summary(cell, seeds, reusable, origin)
                  if cell.id in reusable and not run.has_finished_runs(cell, seeds, runs)

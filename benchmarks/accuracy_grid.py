@@ -35,6 +35,7 @@ class Task:
     variant_methods: dict = field(default_factory=dict)  # variant -> the only methods it runs
     align_variants: tuple = ("",)      # variants that run every other registered method
     combo_variants: tuple = ()         # variants that run the pairs of COMBOS
+    peer_variants: tuple = ()          # variants that also run ADAPT's methods (PEER_METHODS)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Method:
     family: str = ""                   # the method without its λ (default: name)
     lam: float | None = None           # None: the base config's λ
     term: str = ""                     # the alignment term it runs, whose weight λ is ("": none)
+    peer: str = ""                     # a peer library's method instead of ours (adapt_cells)
 
 
 # source only, and DDC (the ``mmd`` term) with each MMD² estimator at the base config's λ
@@ -76,6 +78,15 @@ COMBOS = {
     "cdan_e+mcc": {"cdan": {"weight": 1.0, "entropy_conditioning": True}, "mcc": {"weight": 1.0}},
     "mcc+pseudo_label": {"mcc": {"weight": 1.0}, "pseudo_label": {"weight": 1.0}},
 }
+
+
+# ADAPT's DANN, CDAN and MDD on the same frozen features, steps and seeds
+# (benchmarks/adapt_cells.py; ADAPT is a benchmark-only package: without it these cells are
+# skipped and the report says so)
+PEER_METHODS = [Method(f"adapt_{m}", f"ADAPT {m.upper()} (adapt 0.4.5, λ = 1, its default "
+                       "networks; benchmarks/adapt_cells.py)", ["align={}"], family=f"adapt_{m}",
+                       peer=m)
+                for m in ("dann", "cdan", "mdd")]
 
 
 def combo_methods() -> list[Method]:
@@ -153,6 +164,7 @@ TASKS = [
          extra_lambda_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4"),
          align_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4"),
          combo_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4"),
+         peer_variants=("frozen", "frozen_224_d4"),
          variant_methods={"frozen_d4": RECIPE_METHODS, "frozen_224_d4": RECIPE_METHODS}),
     # AID as the source is imbalanced (the merged residential class is 22% of it, against 9% of
     # SIRI-WHU): "frozen_balanced" draws its batches class-balanced (data.balance_source)
@@ -191,6 +203,8 @@ def methods_for(task: Task, variant: str | None = None, quick: bool = False) -> 
         out += combo_methods()
     if variant in task.variant_methods:
         out = [m for m in out if m.name in task.variant_methods[variant]]
+    if variant is None or (variant in task.peer_variants and not quick):
+        out += PEER_METHODS
     return out
 
 
@@ -205,6 +219,11 @@ def method_title(task_name: str, method_name: str) -> str:
 def method_family(task_name: str, method_name: str) -> str:
     m = _method(task_name, method_name)
     return m.family or m.name
+
+
+def method_peer(task_name: str, method_name: str) -> str:
+    """The peer library's method the cell runs (``""``: one of ours)."""
+    return _method(task_name, method_name).peer
 
 
 def method_term(task_name: str, method_name: str) -> str:

@@ -70,7 +70,13 @@ def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
         resumed = True
     else:
         t0 = time.time()
-        res = train_and_evaluate(cfg, workdir, data_root=data_root, weights_root=weights_root)
+        if cell.method.peer:
+            from benchmarks import adapt_cells
+            res = adapt_cells.run_adapt_cell(cell.method.peer, cfg, seed, data_root=data_root,
+                                             weights_root=weights_root, workdir=workdir)
+            res = {**res, "wall_time_s": res["train_time_s"], "dropped_classes": {}}
+        else:
+            res = train_and_evaluate(cfg, workdir, data_root=data_root, weights_root=weights_root)
         meta = {"total_wall_s": time.time() - t0, "overrides": overrides,
                 "base": cell.task.base, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         (workdir / RUN_META).write_text(json.dumps(meta, indent=2))
@@ -135,7 +141,7 @@ def summarize(cell: grid.Cell, runs: list[dict]) -> dict:
         out[key] = sum(r.get(key) or 0 for r in runs if not r["resumed"])
     out["steps"] = sorted({r["steps"] for r in runs})
     out["classes"] = runs[0]["classes"]
-    out["dropped_classes"] = runs[0]["dropped_classes"]
+    out["dropped_classes"] = runs[0].get("dropped_classes", {})
     out["config_seed0"] = runs[0]["config"]
     out["run_dirs"] = [r["run_dir"] for r in runs]
     return out

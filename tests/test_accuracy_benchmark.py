@@ -46,8 +46,10 @@ def test_grid_covers_tasks_methods_and_variants():
         for variant in task.variants:
             names = {c.method.name for c in cells if c.task is task and c.variant == variant}
             assert "source_only" in names, (task.name, variant)
+            peers = ({m.name for m in accuracy.PEER_METHODS} if variant in task.peer_variants
+                     else set())
             if variant in task.variant_methods:
-                assert names == set(task.variant_methods[variant])
+                assert names == set(task.variant_methods[variant]) | peers
                 continue
             assert ddc <= names
             registry = {f"{n}_lam{lam:g}" for n in others for lam in accuracy.ALIGN_LAMBDAS}
@@ -55,7 +57,7 @@ def test_grid_covers_tasks_methods_and_variants():
             extra = {f"{m}_lam{lam:g}" for m in ddc for lam in task.extra_lambdas}
             assert (extra <= names) == (variant in task.extra_lambda_variants or not extra)
             combos = set(accuracy.COMBOS) if variant in task.combo_variants else set()
-            assert names == {"source_only"} | ddc | combos | (
+            assert names == {"source_only"} | ddc | combos | peers | (
                 extra if variant in task.extra_lambda_variants else set()) | (
                 registry if variant in task.align_variants else set())
         assert task.align_variants  # every task runs the registry's methods somewhere
@@ -119,6 +121,10 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
         assert cfg.seed == 2 and cfg.train.steps == 7
         family = cell.method.family or cell.method.name
         term = cell.method.term
+        if cell.method.peer:  # ADAPT on the variant's frozen features, no term of ours
+            assert cfg.align == {} and cfg.mode == "features" and cfg.model.freeze.mode == "backbone"
+            assert cell.variant in cell.task.peer_variants and family == f"adapt_{cell.method.peer}"
+            continue
         terms = term.split("+") if term else []
         # exactly the method's own terms (the base config's mmd is gone where another runs)
         assert sorted(cfg.align) == sorted(terms), cell.id
