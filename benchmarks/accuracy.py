@@ -98,6 +98,9 @@ def parse_args(argv):
                    "config and seeds are identical (marked † in the report)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's header "
                    "(for example what a reduced grid left out)")
+    p.add_argument("--reading", default=None, metavar="MARKDOWN_FILE",
+                   help="a markdown file included as the report's reading of its numbers (e.g. "
+                   "docs/results_reading.md: what was tried, why a target is not met)")
     p.add_argument("--data-root",
                    default=os.environ.get("DDC_DATA_ROOT", str(grid.SHARED / "data")))
     p.add_argument("--weights-root",

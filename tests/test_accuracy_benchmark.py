@@ -7,7 +7,7 @@ import pytest
 
 from conftest import DATA_ROOT, WEIGHTS_ROOT
 
-from benchmarks import accuracy
+from benchmarks import accuracy, accuracy_report
 
 needs_digits = pytest.mark.skipif(not (DATA_ROOT / "usps").is_dir()
                                   or not (DATA_ROOT / "mnist_test").is_dir(),
@@ -232,6 +232,35 @@ def test_lambda_is_chosen_by_source_validation_only():
     assert sel[0]["gain"] == pytest.approx(0.05) and sel[1]["id"].endswith("ddc_linear_kernel")
     assert [c["lambda"] for c in sel[2]["candidates"]] == [0.1, 1.0]
     assert sel[3]["id"] == "siri_whu_aid/frozen/mcc_lam1" and sel[3]["gain"] == pytest.approx(-0.1)
+
+
+def test_model_selection_picks_among_our_cells_only_and_reports_targets_and_peers():
+    def s(variant, method, src_val, acc, snd, entropy=0.5, train_s=10.0):
+        return {"task": "siri_whu_aid", "variant": variant, "method": method,
+                "id": f"siri_whu_aid/{variant}/{method}", "source_val_acc": src_val,
+                "target_acc": acc, "target_acc_std": 0.01, "target_acc_tta": acc + 0.02,
+                "target_snd": snd, "target_entropy": entropy, "wall_time_s": train_s,
+                "setup_time_s": 2.0}
+    summaries = [
+        s("frozen", "source_only", 0.90, 0.52, 5.90),
+        s("frozen", "mcc_lam1", 0.88, 0.64, 6.00, entropy=0.1),
+        # collapsed: the highest SND and lowest entropy, its source accuracy gone
+        s("frozen", "ddc_linear_kernel_lam16", 0.20, 0.08, 7.00, entropy=0.01),
+        s("frozen_d4", "source_only", 0.91, 0.55, 5.80),
+        s("frozen_d4", "im_lam1", 0.89, 0.66, 5.95),      # best target acc: never used
+        s("frozen", "adapt_cdan", 0.88, 0.60, 9.00, train_s=12.5),  # a peer: not a candidate
+        {**s("frozen", "dan_lam1", 0.9, 0.5, 0.0), "target_snd": None}]  # no score: not one
+    picks = {p["rule"]: p for p in accuracy.model_selection(summaries)}
+    assert picks["snd_guarded"]["id"] == "siri_whu_aid/frozen/mcc_lam1"
+    assert picks["snd"]["id"] == picks["entropy"]["id"] == "siri_whu_aid/frozen/ddc_linear_kernel_lam16"
+    assert picks["source_val"]["id"] == "siri_whu_aid/frozen_d4/source_only"
+    assert all(p["candidates"] == 5 for p in picks.values())
+    assert picks["snd_guarded"]["best_cell"]["id"] == "siri_whu_aid/frozen_d4/im_lam1"
+    text = "\n".join(accuracy_report.targets(summaries, list(picks.values())))
+    assert "| siri_whu_aid | 70 | siri_whu_aid/frozen/mcc_lam1 | 64.0 ± 1.0 | 66.0 | not met |" in text
+    peers = "\n".join(accuracy_report.peer_comparison(summaries, list(picks.values())))
+    assert "+4.0 points from the best ADAPT cell (siri_whu_aid/frozen/adapt_cdan)" in peers
+    assert "| siri_whu_aid/frozen/adapt_cdan | 60.0 ± 1.0 | 88.0 | 12.5 | 2.0 |" in peers
 
 
 def test_bars_compare_each_ddc_cell_with_source_only_of_its_variant():
