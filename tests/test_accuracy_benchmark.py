@@ -154,13 +154,14 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
         elif term == "mmd":  # the base config's λ
             assert cfg.align["mmd"].weight == (1.0 if cell.task.name == "usps_mnist" else 0.25)
         if cell.task.name != "usps_mnist":
-            d4 = cell.variant.endswith("_d4")
+            d4 = "_d4" in cell.variant
             assert cfg.mode == "features" and cfg.data.cache == "disk"
             assert cfg.data.augment == ("d4" if d4 else False) and cfg.train.tta == d4
             assert cfg.model.adapt_width == 256
             want = {"frozen": ("backbone", None), "frozen_224": ("backbone", None),
                     "frozen_balanced": ("backbone", None), "last_blocks": ("until", "block_15_add"),
-                    "frozen_d4": ("backbone", None), "frozen_224_d4": ("backbone", None)}
+                    "frozen_d4": ("backbone", None), "frozen_224_d4": ("backbone", None),
+                    "frozen_224_d4_3000": ("backbone", None)}
             assert (cfg.model.freeze.mode, cfg.model.freeze.layer) == want[cell.variant]
             assert cfg.data.balance_source == (cell.variant == "frozen_balanced")
             assert cfg.data.image_size == (224 if cell.variant.startswith("frozen_224") else 128)
