@@ -1,8 +1,8 @@
 """The accuracy benchmark's runs: one seed of a grid cell trained (or read back), and the
 summary of a cell over its seeds.
 
-Every run is ``ddc.config.load(base, overrides)`` + ``ddc.train.train_and_evaluate`` (what
-``scripts/train_ddc.py --config BASE --set ...`` does) in its own run directory
+Every run of ours is ``scripts/train_ddc.py --config BASE --set ...`` in a fresh process
+(``train_cli``; a peer library's cell runs in this process), in its own run directory
 ``<runs>/<cell id>/seed<seed>-<config hash>`` (``ddc.sweep``): a finished run of the same
 resolved config is read back, not rerun. ``--reuse`` summaries (``load_reusable``,
 ``reused_summary``) come from an earlier ``results.json`` of ``accuracy.py``.
@@ -11,7 +11,10 @@ resolved config is read back, not rerun. ``--reuse`` summaries (``load_reusable`
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +50,24 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def train_cli(base: str, overrides: list[str], workdir: Path, data_root: Path,
+              weights_root: Path) -> dict:
+    """One run as a user runs it: ``scripts/train_ddc.py --config BASE --set ...`` in a fresh
+    process (its setup time is a CLI user's; and a grid of hundreds of runs in one process
+    grew by the arrays of every run, about 0.25 GB a run with D4 features, until it swapped).
+    Returns its ``results.json``; a failed run raises, naming the run directory."""
+    cmd = [sys.executable, str(grid.REPO / "scripts" / "train_ddc.py"), "--config",
+           str(grid.REPO / base), "--workdir", str(workdir), "--data-root", str(data_root),
+           "--weights-root", str(weights_root)]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = {**os.environ, "PYTHONPATH": str(grid.REPO)}
+    rc = subprocess.run(cmd, env=env).returncode
+    if rc != 0:
+        raise RuntimeError(f"run {workdir} failed with exit status {rc}; see {workdir}/train.log")
+    return json.loads((Path(workdir) / "results.json").read_text())
+
+
 def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
                   weights_root: Path) -> dict:
     """Trains one seed of ``cell`` (or reads back a finished run of the same config).
@@ -58,7 +79,6 @@ def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
     import keras
 
     from ddc.config import load
-    from ddc.train import train_and_evaluate
 
     overrides = cell.overrides(seed)
     cfg = load(grid.REPO / cell.task.base, overrides)
@@ -76,11 +96,11 @@ def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
                                              weights_root=weights_root, workdir=workdir)
             res = {**res, "wall_time_s": res["train_time_s"], "dropped_classes": {}}
         else:
-            res = train_and_evaluate(cfg, workdir, data_root=data_root, weights_root=weights_root)
+            res = train_cli(cell.task.base, overrides, workdir, data_root, weights_root)
         meta = {"total_wall_s": time.time() - t0, "overrides": overrides,
                 "base": cell.task.base, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         (workdir / RUN_META).write_text(json.dumps(meta, indent=2))
-        keras.backend.clear_session()  # one process runs the whole grid
+        keras.backend.clear_session()  # the peers' models live in this process
         resumed = False
     return {**res, "run_dir": _relative(workdir), "overrides": overrides, "config": config,
             "resumed": resumed, "total_wall_s": meta["total_wall_s"]}
