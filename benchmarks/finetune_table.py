@@ -53,6 +53,11 @@ VARIANTS = {
     "features_224": ("configs/siri_whu_features.json", ["data.image_size=224"]),
     "features_224_d4": ("configs/siri_whu_features.json",
                         ["data.image_size=224", 'data.augment="d4"', "train.tta=true"]),
+    # ... trained three times as long (a D4 view of each image is seen ~1/8 as often)
+    "features_224_d4_long": ("configs/siri_whu_features.json",
+                             ["data.image_size=224", 'data.augment="d4"', "train.tta=true",
+                              "train.steps=4500", "train.eval_every=4500",
+                              "train.checkpoint_every=4500"]),
 }
 DESCRIPTIONS = {
     "features": "feature extractor: softmax regression on cached pooled features",
@@ -60,6 +65,7 @@ DESCRIPTIONS = {
     "partial": "finetune blocks 13-16 + Conv_1 at lr x0.1, BatchNorm frozen",
     "features_224": "feature extractor at 224 px",
     "features_224_d4": "feature extractor at 224 px, D4 views in training",
+    "features_224_d4_long": "the same, 4500 steps",
 }
 START, END = "<!-- finetune-table:start -->", "<!-- finetune-table:end -->"
 
