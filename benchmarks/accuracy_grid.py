@@ -175,7 +175,7 @@ TASKS = [
                          "frozen_224_d4_3000"),
          combo_variants=("frozen", "frozen_224", "frozen_d4", "frozen_224_d4",
                          "frozen_224_d4_3000"),
-         peer_variants=("frozen", "frozen_224_d4"),
+         peer_variants=("frozen", "frozen_224_d4", "frozen_224_d4_3000"),
          variant_methods={"frozen_d4": RECIPE_METHODS, "frozen_224_d4": RECIPE_METHODS,
                           "frozen_224_d4_3000": LONG_METHODS}),
     # AID as the source is imbalanced (the merged residential class is 22% of it, against 9% of

@@ -260,7 +260,7 @@ def test_model_selection_picks_among_our_cells_only_and_reports_targets_and_peer
     text = "\n".join(accuracy_report.targets(summaries, list(picks.values())))
     assert "| siri_whu_aid | 70 | siri_whu_aid/frozen/mcc_lam1 | 64.0 ± 1.0 | 66.0 | not met |" in text
     peers = "\n".join(accuracy_report.peer_comparison(summaries, list(picks.values())))
-    assert "+4.0 points from the best ADAPT cell (siri_whu_aid/frozen/adapt_cdan)" in peers
+    assert "+4.0 points from the best ADAPT cell (siri_whu_aid/frozen/adapt_cdan; the same variant" in peers
     assert "| siri_whu_aid/frozen/adapt_cdan | 60.0 ± 1.0 | 88.0 | 12.5 | 2.0 |" in peers
 
 
