@@ -259,7 +259,7 @@ QUICK_VARIANTS = {"", "frozen"}
 HYPERPARAMETER_RULE = (
     "No hyperparameter was tuned on target labels. Fixed in advance: SIRI-WHU/AID use the DDC "
     "paper's defaults (λ = 0.25, adaptation layer width 256) with the shipped "
-    "`configs/siri_whu.json` optimisation (SGD, momentum 0.9, lr 0.01 with the inv schedule, "
+    "`configs/siri_whu_ddc.json` optimisation (SGD, momentum 0.9, lr 0.01 with the inv schedule, "
     "batch 32+32, 1000 steps, backbone lr x0.1); USPS -> MNIST uses the shipped "
     "`configs/usps_mnist.json` (λ = 1, Adam lr 5e-4, batch 64+64, width 256), 1000 steps for "
     "every method and the config's 3000 for source only, the default DDC, MCC and DDC + MCC "

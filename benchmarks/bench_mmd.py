@@ -4,7 +4,7 @@ For each batch size (n source + n target features of width 256) and each of: the
 kernel with the biased, unbiased and linear-time estimators, and the linear kernel, a traced
 function computes ``mmd2`` and its gradient with respect to both feature batches. Then the full
 DDC training step (``TrainStep``, real network, batch 32+32) of the demo config (LeNet, 32 px)
-and of the MobileNetV2 config (``configs/siri_whu.json``, 128 px) is timed, together with the
+and of the MobileNetV2 DDC config (``configs/siri_whu_ddc.json``, 128 px) is timed, together with the
 same step whose ``mmd`` term's loss is replaced by 0 (the target batch still goes through the
 network; the term's bandwidth diagnostic is still computed).
 
@@ -35,7 +35,7 @@ VARIANTS = [("gaussian biased", "gaussian", "biased"),
             ("gaussian unbiased", "gaussian", "unbiased"),
             ("gaussian linear-time", "gaussian", "linear"),
             ("linear kernel", "linear", "biased")]
-NUM_CLASSES = {"demo": 5, "siri_whu": 11}
+NUM_CLASSES = {"demo": 5, "siri_whu_ddc": 11}
 
 
 class MMDReplacedByZero(MMD):
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--width", type=int, default=256, help="feature width")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--calls", type=int, default=20, help="MMD calls per timed block")
-    p.add_argument("--step-configs", default="demo,siri_whu",
+    p.add_argument("--step-configs", default="demo,siri_whu_ddc",
                    help="configs whose full DDC step is timed ('' for none)")
     p.add_argument("--step-batch", type=int, default=32)
     p.add_argument("--step-steps", type=int, default=4, help="steps per timed block")

@@ -15,7 +15,7 @@ Variants, alternating block by block after a warm-up round:
 Pipeline blocks make a fresh iterator, discard ``--warm-batches`` batches, then time
 ``--batches`` batches; images are counted as the step sees them (B source + B target).
 
-    nice -n 5 python benchmarks/bench_pipeline.py          # configs/siri_whu.json, real data
+    nice -n 5 python benchmarks/bench_pipeline.py          # configs/siri_whu_ddc.json, real data
     python benchmarks/bench_pipeline.py --config my.json --data-root DIR --batches 2 --steps 1
 """
 
@@ -90,7 +90,7 @@ def pipeline_block(make_ds, batches: int, warm: int):
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="siri_whu")
+    p.add_argument("--config", default="siri_whu_ddc")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-root", default=None, help="default: $DDC_DATA_ROOT or ../shared/data")
     p.add_argument("--repeats", type=int, default=5)

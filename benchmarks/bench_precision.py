@@ -7,7 +7,7 @@ slowly). For each network preset and each precision: build the network, freeze, 
 through tf.data, reading each step's outputs back as the loop does. Reports images/s, the
 mixed/float32 speedup, float16 steps skipped by loss scaling, and whether every loss was finite.
 
-Presets: ``mobilenet_v2`` = ``configs/siri_whu.json`` (128 px, frozen until block_15_add, DDC
+Presets: ``mobilenet_v2`` = ``configs/siri_whu_ddc.json`` (128 px, frozen until block_15_add, DDC
 batch 32+32); ``resnet50`` = the same run with a ResNet50 backbone at 224 px, random init, all
 layers trained; ``demo`` = ``configs/demo.json`` (LeNet, for tests).
 
@@ -30,8 +30,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 PRESETS = {
-    "mobilenet_v2": ("siri_whu", []),
-    "resnet50": ("siri_whu", ['model.backbone="resnet50"', "model.weights=null",
+    "mobilenet_v2": ("siri_whu_ddc", []),
+    "resnet50": ("siri_whu_ddc", ['model.backbone="resnet50"', "model.weights=null",
                               'model.freeze.mode="none"', "data.image_size=224"]),
     "demo": ("demo", ["train.batch_size=8"]),
 }

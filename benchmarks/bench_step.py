@@ -115,7 +115,7 @@ def fit_block(model: keras.Model, ds: tf.data.Dataset, steps: int):
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="siri_whu")
+    p.add_argument("--config", default="siri_whu_ddc")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds")
     p.add_argument("--steps", type=int, default=5, help="timed steps per block")

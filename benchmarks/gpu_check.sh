@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check: install the project, then time a few hundred training steps of the MobileNetV2
-# config (configs/siri_whu.json) and a ResNet50 run in float32 and mixed_float16, printing
+# config (configs/siri_whu_ddc.json) and a ResNet50 run in float32 and mixed_float16, printing
 # images/s, the mixed-precision speedup and whether every loss stayed finite (a markdown table).
 #
 #   bash benchmarks/gpu_check.sh                     # on a machine with a GPU

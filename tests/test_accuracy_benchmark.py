@@ -389,3 +389,24 @@ def test_reuse_rejects_a_file_that_is_not_a_results_file(tmp_path):
     bad.write_text('{"cells": 3}')
     with pytest.raises(SystemExit, match="bad.json"):
         accuracy.load_reusable(str(bad))
+
+
+# the cell of docs/RESULTS.md whose recipe configs/siri_whu.json ships (the pick of the
+# label-free rule on SIRI-WHU -> AID), and configs/siri_whu_finetune.json its source only
+SHIPPED = {"configs/siri_whu.json": "siri_whu_aid/frozen_224_d4_3000/mcc_lam1",
+           "configs/siri_whu_finetune.json": "siri_whu_aid/frozen_224_d4_3000/source_only"}
+# keys that change what a run logs, keeps or caches, not what it trains
+NOT_TRAINING = {"name", "seed", "data.cache", "data.cache_dir", "train.eval_every",
+                "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                "train.eval_batch_size"}
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED))
+def test_shipped_config_trains_as_its_grid_cell(path):
+    from ddc.config import load
+    from ddc.config.flatten import flatten_config
+    cell = next(c for c in accuracy.build_grid(False, [SHIPPED[path]], []))
+    want = flatten_config(load(accuracy.REPO / cell.task.base, cell.overrides(0)).to_dict())
+    got = flatten_config(load(accuracy.REPO / path).to_dict())
+    differ = {k for k in set(want) | set(got) if want.get(k) != got.get(k)} - NOT_TRAINING
+    assert not differ, {k: (got.get(k), want.get(k)) for k in sorted(differ)}
