@@ -98,6 +98,9 @@ def parse_args(argv):
                    "config and seeds are identical (marked † in the report)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's header "
                    "(for example what a reduced grid left out)")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: report the cells whose runs are finished under --runs "
+                   "or read back by --reuse, and list the others as not run")
     p.add_argument("--reading", default=None, metavar="MARKDOWN_FILE",
                    help="a markdown file included as the report's reading of its numbers (e.g. "
                    "docs/results_reading.md: what was tried, why a target is not met)")
@@ -157,9 +160,11 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command) -> str:
                   "benchmarks/adapt_cells.py)", file=sys.stderr, flush=True)
             continue
         # this invocation's own finished runs win over --reuse
+        finished = run.has_finished_runs(cell, seeds, runs)
         prior = (run.reused_summary(cell, seeds, reusable, origin)
-                 if cell.id in reusable and not run.has_finished_runs(cell, seeds, runs)
-                 else None)
+                 if cell.id in reusable and not finished else None)
+        if args.no_train and prior is None and not finished:
+            continue
         if prior is not None:
             print(f"[accuracy {i * len(seeds) + 1}/{total}] {cell.id}: read back from {origin}",
                   file=sys.stderr, flush=True)
@@ -174,6 +179,9 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command) -> str:
                                                  Path(args.weights_root)))
             summaries.append(run.summarize(cell, results))
         # written after every cell, so a long grid's partial results can be read (and resumed)
+        text = report._write_report(args, cells, seeds, summaries, out_md, out_json,
+                                    command, time.time() - t_start)
+    if args.no_train:  # the report of what is there, even if nothing is
         text = report._write_report(args, cells, seeds, summaries, out_md, out_json,
                                     command, time.time() - t_start)
     return text

@@ -410,3 +410,11 @@ def test_shipped_config_trains_as_its_grid_cell(path):
     got = flatten_config(load(accuracy.REPO / path).to_dict())
     differ = {k for k in set(want) | set(got) if want.get(k) != got.get(k)} - NOT_TRAINING
     assert not differ, {k: (got.get(k), want.get(k)) for k in sorted(differ)}
+
+
+def test_no_train_reports_what_is_there_and_trains_nothing(tmp_path):
+    out = tmp_path / "R.md"
+    text = accuracy.main(["--no-train", "--only", "usps_mnist/source_only,usps_mnist/mcc_lam1",
+                          "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    assert out.read_text() == text and "0 of 2 cells done" in text
+    assert not (tmp_path / "runs" / "usps_mnist").exists()
