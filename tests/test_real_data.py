@@ -30,8 +30,8 @@ def test_siri_whu_config_short_run_writes_the_curves(tmp_path):
     for tag in [t.replace("mmd", "mcc") for t in TAGS if "bandwidth" not in t]:
         assert tag in scalars, tag
     assert res["target_acc_tta"] is not None and res["target_snd"] is not None
-    assert len(scalars["train/align/mmd"]) == 4 and all(v > 0 for _, v in scalars["train/align/mmd"])
-    assert scalars["lambda/mmd"][0][1] == pytest.approx(0.25)
+    assert len(scalars["train/align/mcc"]) == 4 and all(v > 0 for _, v in scalars["train/align/mcc"])
+    assert scalars["lambda/mcc"][0][1] == pytest.approx(1.0)
     log = (work / "train.log").read_text()
     assert "dropping classes without a counterpart: water" in log
 
