@@ -95,6 +95,8 @@ def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
             res = adapt_cells.run_adapt_cell(cell.method.peer, cfg, seed, data_root=data_root,
                                              weights_root=weights_root, workdir=workdir)
             res = {**res, "wall_time_s": res["train_time_s"], "dropped_classes": {}}
+            # what a run of ours writes itself; a finished run is found by it (ddc.sweep)
+            (workdir / "config.json").write_text(json.dumps(config, indent=2))
         else:
             res = train_cli(cell.task.base, overrides, workdir, data_root, weights_root)
         meta = {"total_wall_s": time.time() - t0, "overrides": overrides,
@@ -102,6 +104,8 @@ def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
         (workdir / RUN_META).write_text(json.dumps(meta, indent=2))
         keras.backend.clear_session()  # the peers' models live in this process
         resumed = False
+    if cell.method.peer:  # a peer's results.json has its own keys (adapt_cells)
+        res = {"wall_time_s": res.get("train_time_s"), "dropped_classes": {}, **res}
     return {**res, "run_dir": _relative(workdir), "overrides": overrides, "config": config,
             "resumed": resumed, "total_wall_s": meta["total_wall_s"]}
 
@@ -134,7 +138,14 @@ def reused_summary(cell: grid.Cell, seeds: list[int], reusable: dict, origin: st
     # the same resolved config: the overrides that make it now are this cell's (an earlier
     # file's may have been written for another config format, such as the old mmd block)
     return {**prior, "config_seed0": config, "common_overrides": cell.common,
-            "overrides": cell.own, "reused_from": prior.get("reused_from") or origin}
+            "overrides": cell.own, "reused_from": _no_machine_path(prior.get("reused_from") or origin)}
+
+
+def _no_machine_path(origin: str) -> str:
+    """An origin string with an absolute path (an older file's, e.g. under /tmp) reduced to the
+    file's name: the report names no path of one machine."""
+    path, sep, rest = origin.partition(" of ")
+    return (f"an earlier {Path(path).name}" if os.path.isabs(path) else path) + sep + rest
 
 
 # ----------------------------------------------------------------------------- summarising
