@@ -137,13 +137,15 @@ def reused_summary(cell: grid.Cell, seeds: list[int], reusable: dict, origin: st
         return None
     # the same resolved config: the overrides that make it now are this cell's (an earlier
     # file's may have been written for another config format, such as the old mmd block)
+    older = prior.get("reused_from")
     return {**prior, "config_seed0": config, "common_overrides": cell.common,
-            "overrides": cell.own, "reused_from": _no_machine_path(prior.get("reused_from") or origin)}
+            "overrides": cell.own, "reused_from": _no_machine_path(older) if older else origin}
 
 
 def _no_machine_path(origin: str) -> str:
-    """An origin string with an absolute path (an older file's, e.g. under /tmp) reduced to the
-    file's name: the report names no path of one machine."""
+    """An older file's origin string (carried by a cell read back twice) with its absolute
+    path, e.g. under /tmp, reduced to the file's name: the report names no path of one machine
+    it did not get from this invocation's own arguments."""
     path, sep, rest = origin.partition(" of ")
     return (f"an earlier {Path(path).name}" if os.path.isabs(path) else path) + sep + rest
 
