@@ -18,9 +18,7 @@ from ddc.models import apply_freeze, build_network, resolve_weights, variable_co
 from ddc.models.split import split_at_frozen_prefix
 from ddc.train.build import backbone_lr_mult, build_step, build_terms
 from ddc.train.distribute import make_strategy, worker_index
-# extract_features is no longer called here (the disk cache is); benchmarks/accuracy.py's
-# FeatureMemo still patches this name until the grid moves to ddc.train.feature_cache
-from ddc.train.evaluate import evaluate_arrays, extract_features, tta_report  # noqa: F401
+from ddc.train.evaluate import evaluate_arrays, tta_report
 from ddc.train.feature_cache import FeatureCache, weights_identity
 from ddc.train.keras_internals import seed_states
 from ddc.train.rundir import RunError
