@@ -155,12 +155,12 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command) -> str:
         from benchmarks import adapt_cells
         missing_peer = adapt_cells.available()
     for i, cell in enumerate(cells):
-        if cell.method.peer and missing_peer and not run.has_finished_runs(cell, seeds, runs):
+        finished = run.has_finished_runs(cell, seeds, runs)
+        if cell.method.peer and missing_peer and not finished:
             print(f"[accuracy] {cell.id}: skipped, ADAPT is not installed ({missing_peer}; see "
                   "benchmarks/adapt_cells.py)", file=sys.stderr, flush=True)
             continue
         # this invocation's own finished runs win over --reuse
-        finished = run.has_finished_runs(cell, seeds, runs)
         prior = (run.reused_summary(cell, seeds, reusable, origin)
                  if cell.id in reusable and not finished else None)
         if args.no_train and prior is None and not finished:

@@ -43,8 +43,7 @@ def mean_softmax(predict, views, batch_size: int) -> np.ndarray:
     total = None
     for inputs in views:
         logits, _ = predict_arrays(predict, inputs, batch_size)
-        z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        p = softmax(logits)
         total = p if total is None else total + p
     return total / len(views)
 
