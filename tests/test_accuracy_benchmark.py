@@ -49,7 +49,10 @@ def test_grid_covers_tasks_methods_and_variants():
             peers = ({m.name for m in accuracy.PEER_METHODS} if variant in task.peer_variants
                      else set())
             if variant in task.variant_methods:
-                assert names == set(task.variant_methods[variant]) | peers
+                listed = task.variant_methods[variant]
+                assert names == {m.name for m in accuracy.grid.methods_for(task)
+                                 if accuracy.grid.runs_in(m.name, listed)} | peers
+                assert all(any(accuracy.grid.runs_in(n, [p]) for n in names) for p in listed), listed
                 continue
             assert ddc <= names
             registry = {f"{n}_lam{lam:g}" for n in others for lam in accuracy.ALIGN_LAMBDAS}
