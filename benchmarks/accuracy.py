@@ -16,9 +16,10 @@ without rerunning the cells whose run directories are gone. The report marks eac
 names the file; run directories under ``--runs`` win over it. Leave ``--reuse`` out to rerun
 everything.
 
-Methods: source only (``align={}``), DDC (the ``mmd`` term) with each MMD² estimator, also at
-extra λ, and every other method of ``ddc.align.REGISTRY`` at each λ of ``ALIGN_LAMBDAS``
-(``--set 'align={"<name>": {"weight": λ}}'``): a newly registered term joins the grid as it is.
+Methods: source only (``align={}``), DDC (the ``mmd`` term), every other method of
+``ddc.align.REGISTRY`` at each λ of ``ALIGN_LAMBDAS`` (``--set 'align={"<name>": {"weight":
+λ}}'``; a newly registered term joins the grid as it is), the pairs of ``COMBOS``, and ADAPT's
+methods as peers; each variant of a task runs the methods its ``variant_methods`` list.
 
 Hyperparameters are fixed in advance (the papers' defaults or the shipped configs); target labels
 are read only for the final report (``target_acc`` of the final step, and the target accuracy at
@@ -30,7 +31,7 @@ the step of best source validation accuracy, a step chosen without target labels
 
 The code is in four files: ``accuracy_grid.py`` (tasks, methods and the cells with their
 overrides), ``accuracy_run.py`` (one seed of a cell trained or read back; summaries),
-``accuracy_report.py`` (bars, λ and model selection, the markdown and JSON) and this command
+``accuracy_report.py`` (bars, model selection, the markdown and JSON) and this command
 line, which re-exports their names; ``ddc.sweep`` finds the run directory of the same resolved
 config again.
 """
@@ -55,15 +56,15 @@ from benchmarks import accuracy_run as run  # noqa: E402
 # the names of the three parts, re-exported: ``accuracy.build_grid`` etc. as before the split
 from benchmarks.accuracy_grid import (  # noqa: E402,F401
     ALIGN_LAMBDAS, COMBOS, CONFIGS, HYPERPARAMETER_RULE, METHODS, MOBILENET_VARIANTS, QUICK,
-    PEER_METHODS, QUICK_ALIGN_LAMBDAS, QUICK_ALIGN_VARIANTS, QUICK_VARIANTS, RECIPE_METHODS,
+    PEER_METHODS, QUICK_ALIGN_VARIANTS, QUICK_VARIANTS, FROZEN_METHODS,
+    LONG_METHODS, USPS_METHODS,
     REPO, SHARED,
     TASKS, TASKS_BY_NAME, Cell, Method, Task, _method, _term_summary, build_grid, combo_methods,
     effective, matches, method_family, method_peer, method_term, method_title, methods_for,
     registry_methods,
     scoped)
 from benchmarks.accuracy_report import (  # noqa: E402,F401
-    SOURCE_VAL_TOLERANCE, _lambda, _machine, _pct, _write_report, check_bars, model_selection,
-    reductions, render, select_lambdas)
+    _machine, _pct, _write_report, check_bars, model_selection, reductions, render)
 from benchmarks.accuracy_run import (  # noqa: E402,F401
     RUN_META, _mean_std, _relative, config_hash, finished_run, has_finished_runs, load_reusable,
     reused_summary, run_cell_seed, summarize)

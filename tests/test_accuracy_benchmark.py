@@ -41,58 +41,39 @@ def test_grid_covers_tasks_methods_and_variants():
         f"{n}_lam{lam:g}" for n in others for lam in accuracy.ALIGN_LAMBDAS}
     cdan_e = next(m for m in accuracy.registry_methods() if m.name == "cdan_e_lam1")
     assert cdan_e.overrides == ['align={"cdan": {"weight": 1.0, "entropy_conditioning": true}}']
-    ddc = {"ddc_gauss_biased", "ddc_gauss_unbiased", "ddc_gauss_linear", "ddc_linear_kernel"}
     for task in accuracy.TASKS:
         for variant in task.variants:
             names = {c.method.name for c in cells if c.task is task and c.variant == variant}
             assert "source_only" in names, (task.name, variant)
             peers = ({m.name for m in accuracy.PEER_METHODS} if variant in task.peer_variants
                      else set())
-            if variant in task.variant_methods:
-                listed = task.variant_methods[variant]
-                assert names == {m.name for m in accuracy.grid.methods_for(task)
-                                 if accuracy.grid.runs_in(m.name, listed)} | peers
-                assert all(any(accuracy.grid.runs_in(n, [p]) for n in names) for p in listed), listed
-                continue
-            assert ddc <= names
-            registry = {f"{n}_lam{lam:g}" for n in others for lam in accuracy.ALIGN_LAMBDAS}
-            assert (registry <= names) == (variant in task.align_variants), (task.name, variant)
-            extra = {f"{m}_lam{lam:g}" for m in ddc for lam in task.extra_lambdas}
-            assert (extra <= names) == (variant in task.extra_lambda_variants or not extra)
-            combos = set(accuracy.COMBOS) if variant in task.combo_variants else set()
-            assert names == {"source_only"} | ddc | combos | peers | (
-                extra if variant in task.extra_lambda_variants else set()) | (
-                registry if variant in task.align_variants else set())
-        assert task.align_variants  # every task runs the registry's methods somewhere
-    assert "aid_siri_whu/frozen_balanced/ddc_gauss_unbiased_lam16" in ids
-    assert "aid_siri_whu/frozen_balanced/mdd_lam0.1" in ids
-    assert not any(i.startswith("siri_whu_aid/frozen_balanced") for i in ids)
-    assert {"usps_mnist/3000_steps/source_only", "usps_mnist/3000_steps/ddc_gauss_biased"} < ids
-    assert "usps_mnist/3000_steps/ddc_gauss_linear" not in ids
-    assert "usps_mnist/3000_steps/coral_lam1" not in ids and "usps_mnist/coral_lam1" in ids
-    assert {"siri_whu_aid/frozen/ddc_gauss_biased_lam1", "aid_siri_whu/frozen/ddc_gauss_linear_lam4",
-            "siri_whu_aid/frozen_224/source_only", "aid_siri_whu/frozen_224/ddc_linear_kernel_lam4"} <= ids
-    c224 = next(c for c in cells if c.id == "siri_whu_aid/frozen_224/ddc_gauss_biased_lam4")
-    assert {"data.image_size=224", "align.mmd.weight=4.0"} <= set(c224.overrides(0))
-    dann = next(c for c in cells if c.id == "siri_whu_aid/frozen/dann_lam0.1")
-    assert 'align={"dann": {"weight": 0.1}}' in dann.overrides(0)
-    assert "siri_whu_aid/last_blocks/ddc_gauss_biased_lam1" not in ids
-    assert not any(i.startswith("siri_whu_aid/last_blocks/dann") for i in ids)
-    assert {"usps_mnist/source_only", "siri_whu_aid/frozen/ddc_gauss_unbiased",
-            "aid_siri_whu/last_blocks/ddc_linear_kernel"} <= ids
+            listed = task.variant_methods[variant]
+            assert names == {m.name for m in accuracy.grid.methods_for(task)
+                             if accuracy.grid.runs_in(m.name, listed)} | peers
+            # each name or pattern of the list runs something
+            assert all(any(accuracy.grid.runs_in(n, [p]) for n in names) for p in listed), listed
+    main = {c.method.name for c in cells if c.variant == "frozen_224_d4_3000"
+            and c.task.name == "siri_whu_aid"}
+    # the main variant: source only, DDC, every registered term at λ = 1, the pairs, the peers
+    assert main == ({"source_only", "ddc_gauss_biased"} | {f"{n}_lam1" for n in others}
+                    | set(accuracy.COMBOS) | {m.name for m in accuracy.PEER_METHODS})
+    assert not any(i.endswith("_lam0.1") for i in ids)
+    assert {f"siri_whu_aid/frozen/{m}" for m in accuracy.FROZEN_METHODS} < ids
+    assert {f"usps_mnist/{m}" for m in accuracy.USPS_METHODS} == {
+        i for i in ids if i.startswith("usps_mnist/")}
+    dann = next(c for c in cells if c.id == "aid_siri_whu/frozen_224_d4_3000/dann_lam1")
+    assert {'align={"dann": {"weight": 1.0}}', "data.image_size=224", "train.steps=3000"} <= set(
+        dann.overrides(0))
     quick = {c.id for c in accuracy.build_grid(quick=True, only=None, extra=[])}
-    assert quick < ids and not any("last_blocks" in i for i in quick)
-    # --quick: the registry's other methods at one λ each, with cached features only
-    assert {f"{t}/frozen/{n}_lam1" for n in others for t in ("siri_whu_aid", "aid_siri_whu")} < quick
-    assert not any(i.endswith("_lam0.1") for i in quick)
-    assert {i for i in quick if i.startswith("usps_mnist/")} == {
-        f"usps_mnist/{m.name}" for m in accuracy.METHODS}
+    # --quick: the 128 px baseline and USPS without its target-prediction terms (minutes)
+    assert quick == {f"{t}/frozen/{m}" for t in ("siri_whu_aid", "aid_siri_whu")
+                     for m in accuracy.FROZEN_METHODS} | {"usps_mnist/source_only",
+                                                          "usps_mnist/ddc_gauss_biased"}
     only = accuracy.build_grid(quick=False, only=["siri_whu_aid/frozen", "usps_mnist/ddc_*"],
                                extra=[])
     assert [c.id for c in only] == (  # in the order of the patterns
-        [f"siri_whu_aid/frozen/{m.name}"
-         for m in accuracy.methods_for(accuracy.TASKS_BY_NAME["siri_whu_aid"])]
-        + [f"usps_mnist/{m.name}" for m in accuracy.METHODS[1:]])
+        [f"siri_whu_aid/frozen/{m}" for m in accuracy.FROZEN_METHODS]
+        + ["usps_mnist/ddc_gauss_biased"])
     scoped = accuracy.build_grid(quick=False, only=["usps_mnist/source_only", "aid_siri_whu"],
                                  extra=["usps_mnist:train.steps=9", "train.lr=0.1"])
     assert scoped[0].common[-2:] == ["train.steps=9", "train.lr=0.1"]
@@ -106,12 +87,13 @@ def test_a_newly_registered_term_joins_the_grid(monkeypatch):
     monkeypatch.setitem(align.REGISTRY, "coral_copy", "ddc.align.coral:CORAL")
     cells = {c.id: c for c in accuracy.build_grid(quick=False, only=None, extra=[])}
     for task in accuracy.TASKS:
-        # (the D4 variants run a fixed list of methods, RECIPE_METHODS)
-        for variant in [v for v in task.align_variants if v not in task.variant_methods]:
-            for lam in accuracy.ALIGN_LAMBDAS:
-                cell = cells["/".join(p for p in (task.name, variant, f"coral_copy_lam{lam:g}") if p)]
-                cfg = load(accuracy.REPO / task.base, cell.overrides(0))
-                assert _active_terms(cfg) == ["coral_copy"] and cfg.align["coral_copy"].weight == lam
+        # where a variant runs every term at λ = 1 ("*_lam1"), the new term runs too
+        for variant in [v for v in task.align_variants
+                        if accuracy.grid.runs_in("coral_copy_lam1", task.variant_methods[v])]:
+            cell = cells[f"{task.name}/{variant}/coral_copy_lam1"]
+            cfg = load(accuracy.REPO / task.base, cell.overrides(0))
+            assert _active_terms(cfg) == ["coral_copy"] and cfg.align["coral_copy"].weight == 1
+        assert "siri_whu_aid/frozen/coral_copy_lam1" not in cells
     assert accuracy.method_title("usps_mnist", "coral_copy_lam1").startswith("coral_copy: Deep CORAL")
 
 
@@ -152,8 +134,6 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
         if cell.method.lam is not None:
             assert cell.method.name.endswith(f"_lam{cell.method.lam:g}")
             assert cfg.align[term].weight == cell.method.lam
-            if term == "mmd":
-                assert cell.method.lam in (1.0, 4.0, 16.0)
         elif term == "mmd":  # the base config's λ
             assert cfg.align["mmd"].weight == (1.0 if cell.task.name == "usps_mnist" else 0.25)
         if cell.task.name != "usps_mnist":
@@ -161,15 +141,12 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
             assert cfg.mode == "features" and cfg.data.cache == "disk"
             assert cfg.data.augment == ("d4" if d4 else False) and cfg.train.tta == d4
             assert cfg.model.adapt_width == 256
-            want = {"frozen": ("backbone", None), "frozen_224": ("backbone", None),
-                    "frozen_balanced": ("backbone", None), "last_blocks": ("until", "block_15_add"),
-                    "frozen_d4": ("backbone", None), "frozen_224_d4": ("backbone", None),
-                    "frozen_224_d4_3000": ("backbone", None)}
-            assert (cfg.model.freeze.mode, cfg.model.freeze.layer) == want[cell.variant]
-            assert cfg.data.balance_source == (cell.variant == "frozen_balanced")
+            assert (cfg.model.freeze.mode, cfg.model.freeze.layer) == ("backbone", None)
             assert cfg.data.image_size == (224 if cell.variant.startswith("frozen_224") else 128)
-    # every registered method, and source only, on every task
-    assert seen == {t.name: {""} | set(REGISTRY) for t in accuracy.TASKS}
+            assert cfg.train.steps == 7  # the invocation's --set wins over the variant's 3000
+    # every registered method, and source only, on each MobileNetV2 task; USPS: a few (CPU)
+    assert seen["siri_whu_aid"] == seen["aid_siri_whu"] == {""} | set(REGISTRY)
+    assert seen["usps_mnist"] == {"", "mmd", "cdan", "mcc"}
     aid = load(accuracy.REPO / "configs/grid/aid_siri_whu.json")
     assert aid.data.source.root == "aid" and aid.data.target.root == "siri_whu"
     assert aid.data.source.class_map["SparseResidential"] == "residential"
@@ -216,28 +193,6 @@ def test_effective_overrides_keep_the_last_value_of_a_key():
     assert accuracy.effective(["a=1", "b=2", "a=3"]) == ["b=2", "a=3"]
 
 
-def test_lambda_is_chosen_by_source_validation_only():
-    def s(method, lam, src_val, acc, term="mmd"):
-        return {"task": "siri_whu_aid", "variant": "frozen", "method": method,
-                "id": f"siri_whu_aid/frozen/{method}", "source_val_acc": src_val,
-                "target_acc": acc, "target_acc_std": 0.0,
-                # the λ is the weight of the method's own term (a decoy term is not read)
-                "config_seed0": {"align": {term: {"weight": lam}, "decoy": {"weight": 99.0}}
-                                 if term else {}}}
-    sel = accuracy.select_lambdas([
-        s("source_only", 0.0, 0.90, 0.50, term=""),
-        s("ddc_gauss_biased", 0.25, 0.90, 0.60), s("ddc_gauss_biased_lam1", 1.0, 0.892, 0.55),
-        s("ddc_linear_kernel", 0.25, 0.90, 0.51), s("ddc_linear_kernel_lam1", 1.0, 0.85, 0.70),
-        s("ddc_gauss_unbiased", 0.25, 0.90, 0.52),  # one λ only: no choice to make
-        s("coral_lam1", 1.0, 0.80, 0.90, "coral"), s("coral_lam0.1", 0.1, 0.895, 0.40, "coral"),
-        s("mcc_lam1", 1.0, 0.95, 0.40, "mcc"), s("mcc_lam0.1", 0.1, 0.95, 0.99, "mcc")])
-    assert [(c["method"], c["lambda"]) for c in sel] == [
-        ("ddc_gauss_biased", 1.0), ("ddc_linear_kernel", 0.25), ("coral", 0.1), ("mcc", 1.0)]
-    assert sel[0]["gain"] == pytest.approx(0.05) and sel[1]["id"].endswith("ddc_linear_kernel")
-    assert [c["lambda"] for c in sel[2]["candidates"]] == [0.1, 1.0]
-    assert sel[3]["id"] == "siri_whu_aid/frozen/mcc_lam1" and sel[3]["gain"] == pytest.approx(-0.1)
-
-
 def test_model_selection_picks_among_our_cells_only_and_reports_targets_and_peers():
     def s(variant, method, src_val, acc, snd, entropy=0.5, train_s=10.0):
         return {"task": "siri_whu_aid", "variant": variant, "method": method,
@@ -249,22 +204,27 @@ def test_model_selection_picks_among_our_cells_only_and_reports_targets_and_peer
         s("frozen", "source_only", 0.90, 0.52, 5.90),
         s("frozen", "mcc_lam1", 0.88, 0.64, 6.00, entropy=0.1),
         # collapsed: the highest SND and lowest entropy, its source accuracy gone
-        s("frozen", "ddc_linear_kernel_lam16", 0.20, 0.08, 7.00, entropy=0.01),
-        s("frozen_d4", "source_only", 0.91, 0.55, 5.80),
-        s("frozen_d4", "im_lam1", 0.89, 0.66, 5.95),      # best target acc: never used
-        s("frozen", "adapt_cdan", 0.88, 0.60, 9.00, train_s=12.5),  # a peer: not a candidate
+        s("frozen", "dann_lam1", 0.20, 0.08, 7.00, entropy=0.01),
+        s("frozen_224_d4_3000", "source_only", 0.91, 0.55, 5.80),
+        s("frozen_224_d4_3000", "im_lam1", 0.89, 0.66, 5.95),
+        s("frozen_224_d4_3000", "mcc_lam1", 0.89, 0.71, 5.90),   # best target acc: never used
+        s("frozen_224_d4_3000", "adapt_cdan", 0.88, 0.60, 9.00, train_s=12.5),  # a peer
         {**s("frozen", "dan_lam1", 0.9, 0.5, 0.0), "target_snd": None}]  # no score: not one
     picks = {p["rule"]: p for p in accuracy.model_selection(summaries)}
     assert picks["snd_guarded"]["id"] == "siri_whu_aid/frozen/mcc_lam1"
-    assert picks["snd"]["id"] == picks["entropy"]["id"] == "siri_whu_aid/frozen/ddc_linear_kernel_lam16"
-    assert picks["source_val"]["id"] == "siri_whu_aid/frozen_d4/source_only"
-    assert all(p["candidates"] == 5 for p in picks.values())
-    assert picks["snd_guarded"]["best_cell"]["id"] == "siri_whu_aid/frozen_d4/im_lam1"
+    assert picks["snd"]["id"] == picks["entropy"]["id"] == "siri_whu_aid/frozen/dann_lam1"
+    assert picks["source_val"]["id"] == "siri_whu_aid/frozen_224_d4_3000/source_only"
+    # the variant whose source only validates best, then the highest SND within it
+    assert picks["staged_snd"]["id"] == "siri_whu_aid/frozen_224_d4_3000/im_lam1"
+    assert all(p["candidates"] == 6 for p in picks.values())
+    assert picks["staged_snd"]["best_cell"]["id"] == "siri_whu_aid/frozen_224_d4_3000/mcc_lam1"
     text = "\n".join(accuracy_report.targets(summaries, list(picks.values())))
-    assert "| siri_whu_aid | 70 | siri_whu_aid/frozen/mcc_lam1 | 64.0 ± 1.0 | 66.0 | not met |" in text
+    assert ("| siri_whu_aid | 70 | siri_whu_aid/frozen_224_d4_3000/im_lam1 | 66.0 ± 1.0 | 68.0 | "
+            "not met |") in text
     peers = "\n".join(accuracy_report.peer_comparison(summaries, list(picks.values())))
-    assert "+4.0 points from the best ADAPT cell (siri_whu_aid/frozen/adapt_cdan; the same variant" in peers
-    assert "| siri_whu_aid/frozen/adapt_cdan | 60.0 ± 1.0 | 88.0 | 12.5 | 2.0 |" in peers
+    assert ("+6.0 points from the best ADAPT cell (siri_whu_aid/frozen_224_d4_3000/adapt_cdan; "
+            "the same variant") in peers
+    assert "| siri_whu_aid/frozen_224_d4_3000/adapt_cdan | 60.0 ± 1.0 | 88.0 | 12.5 | 2.0 |" in peers
 
 
 def test_bars_compare_each_ddc_cell_with_source_only_of_its_variant():
@@ -276,13 +236,13 @@ def test_bars_compare_each_ddc_cell_with_source_only_of_its_variant():
         s("usps_mnist", "", "ddc_linear_kernel", 0.85),
         s("siri_whu_aid", "frozen", "source_only", 0.54),
         s("siri_whu_aid", "frozen", "ddc_gauss_biased", 0.56),
-        s("siri_whu_aid", "last_blocks", "source_only", 0.50),
-        s("siri_whu_aid", "last_blocks", "ddc_gauss_biased", 0.56),
+        s("siri_whu_aid", "frozen_224_d4_3000", "source_only", 0.50),
+        s("siri_whu_aid", "frozen_224_d4_3000", "ddc_gauss_biased", 0.56),
         s("siri_whu_aid", "frozen", "dann_lam1", 0.90)])  # the bars are DDC's: not checked
     assert [(c["id"], c["passed"]) for c in checks] == [
         ("usps_mnist//ddc_gauss_biased", True), ("usps_mnist//ddc_linear_kernel", False),
         ("siri_whu_aid/frozen/ddc_gauss_biased", False),
-        ("siri_whu_aid/last_blocks/ddc_gauss_biased", True)]
+        ("siri_whu_aid/frozen_224_d4_3000/ddc_gauss_biased", True)]
     assert checks[3]["gain"] == pytest.approx(0.06)
 
 
@@ -368,7 +328,7 @@ def test_a_registry_cell_runs_end_to_end_beside_source_only(tmp_path):
     # not --quick (which runs the registry's methods with cached features only); every output
     # under tmp_path (the full grid's default is docs/)
     runs = tmp_path / "runs"
-    args = ["--only", "usps_mnist/source_only,usps_mnist/dann_lam1", "--seeds", "0",
+    args = ["--only", "usps_mnist/source_only,usps_mnist/cdan_lam1", "--seeds", "0",
             "--steps", "3", "--max-per-class", "8", "--runs", str(runs),
             "--out", str(runs / "RESULTS.md"), "--json", str(runs / "results.json"),
             "--data-root", str(DATA_ROOT), "--weights-root", str(WEIGHTS_ROOT)]
@@ -376,15 +336,15 @@ def test_a_registry_cell_runs_end_to_end_beside_source_only(tmp_path):
     assert (runs / "RESULTS.md").read_text() == md and "reduced grid" in md
     data = json.loads((tmp_path / "runs" / "results.json").read_text())
     cells = {c["id"]: c for c in data["cells"]}
-    assert list(cells) == ["usps_mnist/source_only", "usps_mnist/dann_lam1"]
-    dann = cells["usps_mnist/dann_lam1"]
-    assert list(dann["config_seed0"]["align"]) == ["dann"]
-    assert dann["config_seed0"]["align"]["dann"]["weight"] == 1.0 and dann["steps"] == [3]
-    row = _rows(md)["usps_mnist/dann_lam1"]
-    assert row[1].startswith("dann: DANN") and row[5].startswith(("+", "-"))  # Δ vs source only
+    assert list(cells) == ["usps_mnist/source_only", "usps_mnist/cdan_lam1"]
+    cdan = cells["usps_mnist/cdan_lam1"]
+    assert list(cdan["config_seed0"]["align"]) == ["cdan"]
+    assert cdan["config_seed0"]["align"]["cdan"]["weight"] == 1.0 and cdan["steps"] == [3]
+    row = _rows(md)["usps_mnist/cdan_lam1"]
+    assert row[1].startswith("cdan: CDAN") and row[5].startswith(("+", "-"))  # Δ vs source only
     assert data["bars"] == []  # no DDC cell ran
-    log = json.loads(open(f"{dann['run_dirs'][0]}/results.json").read())
-    assert log["target_acc"] == dann["target_acc"]
+    log = json.loads(open(f"{cdan['run_dirs'][0]}/results.json").read())
+    assert log["target_acc"] == cdan["target_acc"]
 
 
 def test_reuse_rejects_a_file_that_is_not_a_results_file(tmp_path):

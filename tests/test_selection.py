@@ -101,9 +101,37 @@ def test_select_by_each_rule_and_the_guard_against_collapse():
             {"id": "old", "source_val_acc": 0.95, "target_entropy": None, "target_snd": None}]
     picks = {rule: select(runs, rule, reference_source_val=0.92)["id"] for rule in RULES}
     assert picks == {"source_val": "old", "entropy": "collapsed", "snd": "collapsed",
-                     "snd_guarded": "b"}
+                     "snd_guarded": "b", "staged_snd": "b"}
     # a per-run reference (each run's own source-only run); none eligible: the guard is dropped
     assert select(runs, "snd_guarded", reference_source_val=lambda r: 0.99)["id"] == "collapsed"
     assert select(runs[3:], "snd") is None
     with pytest.raises(ValueError, match="unknown selection rule"):
         select(runs, "target_acc")
+
+
+def test_staged_snd_picks_the_input_by_source_accuracy_then_the_method_by_snd():
+    from ddc.selection import select
+
+    def run(variant, method, val, snd):
+        return {"id": f"{variant}/{method}", "variant": variant, "method": method,
+                "source_val_acc": val, "target_snd": snd, "target_entropy": 0.1}
+    runs = [run("128", "source_only", 0.88, 5.90), run("128", "im", 0.87, 6.049),
+            run("224", "source_only", 0.90, 5.95), run("224", "mcc", 0.89, 6.044),
+            run("224", "collapsed", 0.30, 7.00), run("224", "im", 0.88, 6.00)]
+    ref = {r["variant"]: r["source_val_acc"] for r in runs if r["method"] == "source_only"}
+
+    def pick(rs, rule):
+        return select(rs, rule, reference_source_val=lambda r: ref[r["variant"]],
+                      group=lambda r: r["variant"])["id"]
+    # SND over everything takes the 128 px cell (or the collapsed one without the guard) ...
+    assert pick(runs, "snd_guarded") == "128/im" and pick(runs, "snd") == "224/collapsed"
+    # ... staged: 224 px (its source only validates best), then the guarded SND within it
+    assert pick(runs, "staged_snd") == "224/mcc"
+    # the stage-one order follows the references, not the order of the runs
+    assert pick(runs[::-1], "staged_snd") == "224/mcc"
+    ref["128"] = 0.95
+    assert pick(runs, "staged_snd") == "128/im"
+    # a tie between groups goes to the earlier group; without a group: snd_guarded
+    ref["128"] = ref["224"]
+    assert pick(runs, "staged_snd") == "128/im" and pick(runs[2:] + runs[:2], "staged_snd") == "224/mcc"
+    assert select(runs, "staged_snd", reference_source_val=0.9)["id"] == "128/im"
