@@ -111,14 +111,9 @@ def _pct(mean, std=None) -> str:
 def _machine() -> str:
     import keras
     import tensorflow as tf
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+
+    from benchmarks.common import cpu_model
+    cpu = cpu_model()
     gpus = tf.config.list_physical_devices("GPU")
     load = "%.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else "n/a"
     return (f"nproc={os.cpu_count()}, CPU: {cpu}, "

@@ -377,7 +377,7 @@ def test_shipped_config_trains_as_its_grid_cell(path):
 
 def test_no_train_reports_what_is_there_and_trains_nothing(tmp_path):
     out = tmp_path / "R.md"
-    text = accuracy.main(["--no-train", "--only", "usps_mnist/source_only,usps_mnist/mcc_lam1",
+    text = accuracy.main(["--no-train", "--only", "usps_mnist/source_only,usps_mnist/cdan_lam1",
                           "--runs", str(tmp_path / "runs"), "--out", str(out)])
     assert out.read_text() == text and "0 of 2 cells done" in text
     assert not (tmp_path / "runs" / "usps_mnist").exists()

@@ -14,7 +14,7 @@ from conftest import REPO, WEIGHTS_ROOT, make_tree, needs_weights, tiny_config
 from ddc.config import ConfigError, FreezeConfig, ModelConfig, TrainConfig, from_dict, load
 from ddc.models import apply_freeze, build_backbone, build_network, resolve_weights, variable_counts
 from ddc.train import TrainStep, train_and_evaluate
-from ddc.train.evaluate import extract_features
+from ddc.train.feature_cache import FeatureCache
 from ddc.train.optim import make_optimizer
 
 MNV2_FILE = "mobilenet_v2_1.0_224_no_top.weights.h5"
@@ -209,7 +209,8 @@ def test_feature_extractor_mode_gives_the_full_network_logits(freeze):
     full_logits, full_feats = net.model(x, training=False)
     bottom, trainable, cut = split_at_frozen_prefix(net)
     assert cut == ("pooled" if freeze.mode == "backbone" else "block_12_add")
-    cached = extract_features(bottom, net.preprocess, x, batch_size=4)  # the 2nd batch is padded
+    # the library's extraction (no disk cache), in batches of 4: the 2nd batch is padded
+    cached = FeatureCache(bottom, net.preprocess, None, batch_size=4).features(x)[:, 0]
     assert cached.shape[0] == 5
     part_logits, part_feats = trainable(cached, training=False)
     np.testing.assert_allclose(np.asarray(part_logits), np.asarray(full_logits), rtol=1e-4, atol=1e-5)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import DATA_ROOT, WEIGHTS_ROOT, needs_data, needs_weights
+from conftest import DATA_ROOT, REPO, WEIGHTS_ROOT, needs_data, needs_weights
 from test_cli import TAGS, read_scalars, run_cli
 
 
@@ -26,11 +26,12 @@ def test_siri_whu_config_short_run_writes_the_curves(tmp_path):
     assert res["target_counts"]["residential"] == 12 and res["target_counts"]["river"] == 4
     assert res["variables"]["frozen_variables"] > 0
     scalars = read_scalars(work / "tensorboard")
-    # the shipped recipe's term (IM) in place of the DDC tags of TAGS
-    for tag in [t.replace("mmd", "im") for t in TAGS if "bandwidth" not in t]:
+    # the shipped recipe's term in place of the DDC tags of TAGS, at its λ
+    (term, opts), = json.loads((REPO / "configs/siri_whu.json").read_text())["align"].items()
+    for tag in [t.replace("mmd", term) for t in TAGS if "bandwidth" not in t]:
         assert tag in scalars, tag
-    assert res["target_snd"] is not None and len(scalars["train/align/im/entropy"]) == 4
-    assert scalars["lambda/im"][0][1] == pytest.approx(1.0)
+    assert res["target_snd"] is not None and len(scalars[f"train/align/{term}"]) == 4
+    assert scalars[f"lambda/{term}"][0][1] == pytest.approx(opts["weight"])
     log = (work / "train.log").read_text()
     assert "dropping classes without a counterpart: water" in log
 

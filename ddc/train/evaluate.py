@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from ddc.data.pipeline import eval_batches
 from ddc.metrics import classification_report, mean_entropy, softmax
@@ -52,18 +51,3 @@ def tta_report(predict, views, labels, class_names, batch_size: int) -> dict:
     """The classification report of the view-averaged softmax (test-time augmentation)."""
     probs = mean_softmax(predict, views, batch_size)
     return classification_report(labels, probs.argmax(axis=1), class_names)
-
-
-def extract_features(bottom, preprocess, images: np.ndarray, batch_size: int,
-                     desc: str = "features") -> np.ndarray:
-    """``bottom(preprocess(images))`` in inference mode, float32 [N, ...], computed once."""
-    @tf.function(reduce_retracing=True)
-    def features(x):
-        return tf.cast(bottom(preprocess(x), training=False), tf.float32)
-
-    out = []
-    n = len(images)
-    for start, x in tqdm(eval_batches(images, batch_size), total=-(-n // batch_size), desc=desc,
-                         unit="batch", leave=False, disable=None):
-        out.append(features(tf.convert_to_tensor(x)).numpy()[:min(batch_size, n - start)])
-    return np.concatenate(out)
