@@ -144,6 +144,7 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
             assert (cfg.model.freeze.mode, cfg.model.freeze.layer) == ("backbone", None)
             assert cfg.data.image_size == (224 if cell.variant.startswith("frozen_224") else 128)
             assert cfg.train.steps == 7  # the invocation's --set wins over the variant's 3000
+            assert cfg.model.adabn == (cell.variant == "frozen_adabn")
     # every registered method, and source only, on each MobileNetV2 task; USPS: a few (CPU)
     assert seen["siri_whu_aid"] == seen["aid_siri_whu"] == {""} | set(REGISTRY)
     assert seen["usps_mnist"] == {"", "mmd", "cdan"}

@@ -15,16 +15,31 @@ from ddc.config import Config
 from ddc.data.prepare import RunData
 from ddc.data.views import D4, ViewedImages, augment_views
 from ddc.models import apply_freeze, build_network, resolve_weights, variable_counts
+from ddc.models.adabn import cached_statistics, statistics_applied
 from ddc.models.split import split_at_frozen_prefix
 from ddc.train.build import backbone_lr_mult, build_step, build_terms
 from ddc.train.distribute import make_strategy, worker_index
 from ddc.train.evaluate import evaluate_arrays, tta_report
-from ddc.train.feature_cache import FeatureCache, weights_identity
+from ddc.train.feature_cache import FeatureCache, image_keys, weights_identity
 from ddc.train.keras_internals import seed_states
 from ddc.train.rundir import RunError
 from ddc.train.step import predict_fn
 
 log = logging.getLogger("ddc.train.loop")
+
+
+def _pooled_stats(stats) -> dict:
+    """``FeatureCache.stats()`` of several caches (AdaBN: the source's and the target's) as one:
+    counts and seconds summed, the rate recomputed, the first cache's batch size and folder."""
+    stats = list(stats)
+    out = dict(stats[0])
+    for k in ("extracted", "from_cache"):
+        out[k] = sum(st[k] for st in stats)
+    for k in ("extract_compute_s", "extract_total_s"):
+        out[k] = round(sum(st[k] for st in stats), 3)
+    out["extract_images_per_s"] = (round(out["extracted"] / out["extract_compute_s"], 1)
+                                   if out["extracted"] and out["extract_compute_s"] > 0 else None)
+    return out
 
 
 class Stage:
@@ -156,15 +171,30 @@ class Run:
                  "x".join(map(str, cache.item_shape)),
                  ", ".join(f"{k} {len(v)} view(s)" for k, v in views.items()),
                  cache.folder or "off (data.feature_cache)")
+        adabn = cfg.model.adabn
         stacked = {k: cache.features(getattr(self.data, k).images, v, desc=k)
-                   for k, v in views.items()}
+                   for k, v in views.items() if not (adabn and k == "target")}
+        caches = [cache]
+        if adabn:  # the target through the frozen part on its own BatchNorm statistics
+            images = self.data.target.images
+            stats = cached_statistics(self.bottom, self.net.preprocess, images, cache.batch_size,
+                                      root / "adabn" if root is not None else None,
+                                      cache.key + "".join(image_keys(images)))
+            with statistics_applied(self.bottom, stats):  # (its key hashes the statistics)
+                caches.append(FeatureCache(self.bottom, self.net.preprocess, root,
+                                           {**describe, "batch_norm": "target (AdaBN)"}))
+                stacked["target"] = caches[1].features(self.data.target.images,
+                                                       views["target"], desc="target (AdaBN)")
+            log.info("AdaBN: the target's features on BatchNorm statistics of its %d images "
+                     "(%d layers)", len(self.data.target), len(stats))
         self.arrays = {k: a[:, 0] for k, a in stacked.items()}  # view 0: the image itself
         train = ("source_train", "target")
         self.train_arrays = {k: stacked[k] if len(aug) > 1 else self.arrays[k] for k in train}
         self.train_views = {k: views[k] if len(aug) > 1 else None for k in train}
         self.tta_arrays = ({k: [stacked[k][:, views[k].index(v)] for v in D4]
                             for k in ("source_val", "target")} if cfg.train.tta else {})
-        self.setup = {**cache.stats(), "extract_time_s": round(time.perf_counter() - t0, 3)}
+        self.setup = {**_pooled_stats(c.stats() for c in caches),
+                      "extract_time_s": round(time.perf_counter() - t0, 3)}
         s = self.setup
         speed = (f" ({s['extract_images_per_s']:.1f} images/s, batches of up to "
                  f"{s['extract_batch_size']})" if s["extract_images_per_s"] else "")
