@@ -56,7 +56,7 @@ from benchmarks import accuracy_run as run  # noqa: E402
 # the names of the three parts, re-exported: ``accuracy.build_grid`` etc. as before the split
 from benchmarks.accuracy_grid import (  # noqa: E402,F401
     ALIGN_LAMBDAS, COMBOS, CONFIGS, HYPERPARAMETER_RULE, METHODS, MOBILENET_VARIANTS, QUICK,
-    PEER_METHODS, QUICK_ALIGN_VARIANTS, QUICK_VARIANTS, FROZEN_METHODS,
+    PEER_METHODS, QUICK_ALIGN_VARIANTS, QUICK_VARIANTS, FROZEN_METHODS, ADABN_METHODS,
     LONG_METHODS, USPS_METHODS,
     REPO, SHARED,
     TASKS, TASKS_BY_NAME, Cell, Method, Task, _method, _term_summary, build_grid, combo_methods,

@@ -132,17 +132,17 @@ def registry_methods(lambdas: tuple = ALIGN_LAMBDAS) -> list[Method]:
 # trained) were measured by earlier reports: docs/results_reading.md.
 MOBILENET_VARIANTS = {
     "frozen": ["model.freeze.mode=\"backbone\""],
-    # the same with AdaBN: the target's features on BatchNorm statistics of the target images
-    # (its source side is unchanged, so the rule's first stage cannot tell it from "frozen": a
-    # lever measured, not a candidate input)
+    # the same with AdaBN: each domain's features on BatchNorm statistics of its own images
     "frozen_adabn": ["model.freeze.mode=\"backbone\"", "model.adabn=true"],
     "frozen_224_d4_3000": ["model.freeze.mode=\"backbone\"", "data.image_size=224",
                            "data.augment=\"d4\"", "train.tta=true", "train.steps=3000",
                            "train.eval_every=500", "train.checkpoint_every=3000"],
 }
-# what the 128 px baseline (and its AdaBN twin) runs: source only, DDC and the three methods
-# that led it before
+# what the 128 px baseline runs: source only, DDC and the three methods that led it before
 FROZEN_METHODS = ("source_only", "ddc_gauss_biased", "im_lam1", "mcc_lam1", "cdan_e_lam1")
+# ... and its AdaBN twin (a lever; a first run, source only, seed 0: target 45.9%, source
+# validation 80.4%, against 52.0 and 88.8% over 3 seeds without)
+ADABN_METHODS = ("source_only", "mcc_lam1")
 # ... and the main variant, where the label-free rule's first stage lands on both MobileNetV2
 # tasks (the best source-only source validation accuracy): every method, λ = 1 (DDC at its
 # paper's λ, each registered term, the pairs)
@@ -166,7 +166,7 @@ TASKS = [
          bar="DDC >= source only + 0.03", min_gain=0.03, target=0.70,
          align_variants=tuple(MOBILENET_VARIANTS), combo_variants=("frozen_224_d4_3000",),
          peer_variants=("frozen_224_d4_3000",),
-         variant_methods={"frozen": FROZEN_METHODS, "frozen_adabn": FROZEN_METHODS,
+         variant_methods={"frozen": FROZEN_METHODS, "frozen_adabn": ADABN_METHODS,
                           "frozen_224_d4_3000": LONG_METHODS}),
     Task("aid_siri_whu", "AID -> SIRI-WHU (11 shared classes, MobileNetV2, frozen: 128 px, and "
          "224 px with D4 views for 3000 steps)",
@@ -174,7 +174,7 @@ TASKS = [
          bar="DDC >= source only + 0.03", min_gain=0.03, target=0.70,
          align_variants=tuple(MOBILENET_VARIANTS), combo_variants=("frozen_224_d4_3000",),
          peer_variants=("frozen_224_d4_3000",),
-         variant_methods={"frozen": FROZEN_METHODS, "frozen_adabn": FROZEN_METHODS,
+         variant_methods={"frozen": FROZEN_METHODS, "frozen_adabn": ADABN_METHODS,
                           "frozen_224_d4_3000": LONG_METHODS}),
 ]
 TASKS_BY_NAME = {t.name: t for t in TASKS}

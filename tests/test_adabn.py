@@ -98,7 +98,7 @@ def _mnv2_config(tiny_trees, adabn):
     return base
 
 
-def test_run_extracts_the_target_on_its_own_statistics_and_the_source_as_loaded(
+def test_run_extracts_each_domain_on_the_statistics_of_its_own_images(
         tmp_path, tiny_trees, monkeypatch):
     from ddc import paths
     from ddc.config import from_dict
@@ -114,21 +114,26 @@ def test_run_extracts_the_target_on_its_own_statistics_and_the_source_as_loaded(
         runs[adabn] = Run(cfg, tmp_path / f"w{adabn}", data, None, paths.cache_dir())
     plain, ada = runs[False], runs[True]
     assert len(batch_norm_layers(ada.bottom)) > 3  # the frozen part up to block_2_add
-    np.testing.assert_array_equal(ada.arrays["source_train"], plain.arrays["source_train"])
-    np.testing.assert_array_equal(ada.arrays["source_val"], plain.arrays["source_val"])
-    # the source came from the cache the plain run wrote; the target is new
-    assert ada.setup["from_cache"] == len(ada.data.source_train) + len(ada.data.source_val)
-    assert ada.setup["extracted"] == len(ada.data.target)
-    # the target: the frozen part on BatchNorm statistics of the target images
-    x = ada.data.target.images
-    stats = target_statistics(ada.bottom, ada.net.preprocess, x, 64)
-    with statistics_applied(ada.bottom, stats):
-        want = np.asarray(ada.bottom(ada.net.preprocess(x), training=False))
-    np.testing.assert_allclose(ada.arrays["target"], want, rtol=1e-4, atol=1e-5)
-    assert np.abs(ada.arrays["target"] - plain.arrays["target"]).max() > 1e-3
-    # and the network is left with its loaded statistics (the checkpoints hold those)
+    d = ada.data
+    assert ada.setup["extracted"] == len(d.source_train) + len(d.source_val) + len(d.target)
+    # each split: the frozen part on BatchNorm statistics of its domain's (training) images
+    for splits, own in ((("source_train", "source_val"), d.source_train.images),
+                        (("target",), d.target.images)):
+        stats = target_statistics(ada.bottom, ada.net.preprocess, own, 64)
+        with statistics_applied(ada.bottom, stats):
+            for k in splits:
+                x = getattr(d, k).images
+                want = np.asarray(ada.bottom(ada.net.preprocess(x), training=False))
+                np.testing.assert_allclose(ada.arrays[k], want, rtol=1e-4, atol=1e-5, err_msg=k)
+                assert np.abs(ada.arrays[k] - plain.arrays[k]).max() > 1e-3, k
+    # and the network keeps its loaded statistics (the checkpoints hold those)
     for a, b in zip(batch_norm_layers(ada.bottom), batch_norm_layers(plain.bottom)):
         np.testing.assert_array_equal(a.moving_mean.numpy(), b.moving_mean.numpy())
+    # a second run reads both domains' statistics and features back
+    keras.utils.set_random_seed(0)
+    again = Run(ada.cfg, tmp_path / "again", d, None, paths.cache_dir())
+    assert again.setup["extracted"] == 0 and again.setup["from_cache"] == ada.setup["extracted"]
+    np.testing.assert_array_equal(again.arrays["target"], ada.arrays["target"])
 
 
 def test_adabn_outside_mode_features_is_refused(tiny_trees):

@@ -76,8 +76,9 @@ class ModelConfig:
     adapt_width: int = 256            # 0: no adaptation layer (MMD on the pooled features)
     dropout: float = 0.0
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
-    # mode "features": the target's features through the frozen part with its BatchNorm
-    # statistics recomputed on the target images (AdaBN, Li et al. 2016); the source's as loaded
+    # mode "features": each domain's features through the frozen part on BatchNorm statistics
+    # recomputed on its own images (AdaBN, Li et al. 2016: source training images for the
+    # source splits, the target images for the target), not the loaded (ImageNet) ones
     adabn: bool = False
 
 

@@ -44,7 +44,7 @@ def _check_model(cfg: Config) -> None:
                "mode \"features\" (backbone, first_n, until or prefix)", freeze.mode)
     _check(not model.adabn or cfg.mode == "features", "model.adabn",
            "false outside mode \"features\" (AdaBN recomputes the frozen part's BatchNorm "
-           "statistics on the target before its features are extracted)", model.adabn)
+           "statistics on each domain before its features are extracted)", model.adabn)
     _choice("model.backbone", model.backbone, BACKBONES)
     _check(model.alpha > 0, "model.alpha", "a number > 0", model.alpha)
     _check(model.head_hidden >= 0, "model.head_hidden", "an integer >= 0", model.head_hidden)

@@ -1,6 +1,9 @@
-"""AdaBN (Li et al. 2016, "Revisiting Batch Normalization For Practical Domain Adaptation"):
-the target's features through the frozen network with its BatchNorm statistics recomputed on
-the target images, the source's with the pretrained ones.
+"""AdaBN (Li et al. 2016, "Revisiting Batch Normalization For Practical Domain Adaptation")
+for a frozen pretrained network: each domain's features through it with its BatchNorm
+statistics recomputed on that domain's images (the source's on the source training images, the
+target's on the target images) instead of the statistics it was pretrained with. (Adapting the
+target alone, the source keeping the ImageNet statistics, puts the two on different scales:
+36% against 52% on SIRI-WHU -> AID, frozen MobileNetV2 at 128 px, source only, seed 0.)
 
 ``target_statistics`` runs the target images through ``model`` once, in batches, each
 BatchNormalization layer normalising with the statistics of its batch (as in training), and

@@ -171,22 +171,26 @@ class Run:
                  "x".join(map(str, cache.item_shape)),
                  ", ".join(f"{k} {len(v)} view(s)" for k, v in views.items()),
                  cache.folder or "off (data.feature_cache)")
-        adabn = cfg.model.adabn
-        stacked = {k: cache.features(getattr(self.data, k).images, v, desc=k)
-                   for k, v in views.items() if not (adabn and k == "target")}
-        caches = [cache]
-        if adabn:  # the target through the frozen part on its own BatchNorm statistics
-            images = self.data.target.images
-            stats = cached_statistics(self.bottom, self.net.preprocess, images, cache.batch_size,
-                                      root / "adabn" if root is not None else None,
-                                      cache.key + "".join(image_keys(images)))
-            with statistics_applied(self.bottom, stats):  # (its key hashes the statistics)
-                caches.append(FeatureCache(self.bottom, self.net.preprocess, root,
-                                           {**describe, "batch_norm": "target (AdaBN)"}))
-                stacked["target"] = caches[1].features(self.data.target.images,
-                                                       views["target"], desc="target (AdaBN)")
-            log.info("AdaBN: the target's features on BatchNorm statistics of its %d images "
-                     "(%d layers)", len(self.data.target), len(stats))
+        if cfg.model.adabn:  # each domain on BatchNorm statistics of its own images
+            stacked, caches = {}, []
+            for domain, splits, images in (
+                    ("source", ("source_train", "source_val"), self.data.source_train.images),
+                    ("target", ("target",), self.data.target.images)):
+                stats = cached_statistics(self.bottom, self.net.preprocess, images,
+                                          cache.batch_size, root / "adabn" if root else None,
+                                          cache.key + "".join(image_keys(images)))
+                with statistics_applied(self.bottom, stats):  # (its key hashes the statistics)
+                    caches.append(FeatureCache(self.bottom, self.net.preprocess, root,
+                                               {**describe, "batch_norm": f"{domain} (AdaBN)"}))
+                    stacked.update({k: caches[-1].features(getattr(self.data, k).images,
+                                                           views[k], desc=f"{k} (AdaBN)")
+                                    for k in splits})
+            log.info("AdaBN: the source's and the target's features each on BatchNorm "
+                     "statistics of its own images (%d layers)", len(stats))
+        else:
+            caches = [cache]
+            stacked = {k: cache.features(getattr(self.data, k).images, v, desc=k)
+                       for k, v in views.items()}
         self.arrays = {k: a[:, 0] for k, a in stacked.items()}  # view 0: the image itself
         train = ("source_train", "target")
         self.train_arrays = {k: stacked[k] if len(aug) > 1 else self.arrays[k] for k in train}
