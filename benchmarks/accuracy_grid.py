@@ -160,22 +160,14 @@ TASKS = [
          {"": []},
          bar="DDC >= 0.90 and DDC > source only", min_ddc_acc=0.90, target=0.97,
          align_variants=("",), variant_methods={"": USPS_METHODS}),
-    Task("siri_whu_aid", "SIRI-WHU -> AID (11 shared classes, MobileNetV2, frozen: 128 px, and "
-         "224 px with D4 views for 3000 steps)",
-         "configs/grid/siri_whu_aid.json", [], MOBILENET_VARIANTS,
-         bar="DDC >= source only + 0.03", min_gain=0.03, target=0.70,
-         align_variants=tuple(MOBILENET_VARIANTS), combo_variants=("frozen_224_d4_3000",),
-         peer_variants=("frozen_224_d4_3000",),
-         variant_methods={"frozen": FROZEN_METHODS, "frozen_adabn": ADABN_METHODS,
-                          "frozen_224_d4_3000": LONG_METHODS}),
-    Task("aid_siri_whu", "AID -> SIRI-WHU (11 shared classes, MobileNetV2, frozen: 128 px, and "
-         "224 px with D4 views for 3000 steps)",
-         "configs/grid/aid_siri_whu.json", [], MOBILENET_VARIANTS,
-         bar="DDC >= source only + 0.03", min_gain=0.03, target=0.70,
-         align_variants=tuple(MOBILENET_VARIANTS), combo_variants=("frozen_224_d4_3000",),
-         peer_variants=("frozen_224_d4_3000",),
-         variant_methods={"frozen": FROZEN_METHODS, "frozen_adabn": ADABN_METHODS,
-                          "frozen_224_d4_3000": LONG_METHODS}),
+    *[Task(name, f"{title} (11 shared classes, MobileNetV2, frozen: 128 px, and 224 px with "
+           "D4 views for 3000 steps)", f"configs/grid/{name}.json", [], MOBILENET_VARIANTS,
+           bar="DDC >= source only + 0.03", min_gain=0.03, target=0.70,
+           align_variants=tuple(MOBILENET_VARIANTS), combo_variants=("frozen_224_d4_3000",),
+           peer_variants=("frozen_224_d4_3000",),
+           variant_methods={"frozen": FROZEN_METHODS, "frozen_adabn": ADABN_METHODS,
+                            "frozen_224_d4_3000": LONG_METHODS})
+      for name, title in (("siri_whu_aid", "SIRI-WHU -> AID"), ("aid_siri_whu", "AID -> SIRI-WHU"))],
 ]
 TASKS_BY_NAME = {t.name: t for t in TASKS}
 
