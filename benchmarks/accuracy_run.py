@@ -170,6 +170,12 @@ def summarize(cell: grid.Cell, runs: list[dict]) -> dict:
         out[key + "_per_seed"] = [r.get(key) for r in runs]
     for key in ("setup_time_s", "train_time_s", "target_acc_tta", "target_snd", "target_entropy"):
         out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
+    # how evenly the target predictions use the classes: the confusion matrix's column sums are
+    # the predicted-class counts (the same whatever the labels; no label is read)
+    from ddc.selection import predicted_class_entropy
+    out["target_pred_entropy"], out["target_pred_entropy_std"] = _mean_std(
+        [predicted_class_entropy(r["target_confusion"]) if r.get("target_confusion") else None
+         for r in runs])
     for key in ("features_extracted", "features_from_cache"):
         out[key] = sum(r.get(key) or 0 for r in runs if not r["resumed"])
     out["steps"] = sorted({r["steps"] for r in runs})

@@ -50,9 +50,26 @@ def snd(probs, temperature: float = SND_TEMPERATURE, chunk: int = 1024) -> float
     return total / n
 
 
+def predicted_class_entropy(counts) -> float:
+    """Entropy (nats) of the distribution of predicted classes, from their counts [K] (a
+    histogram of the argmax predictions; or a confusion matrix [K, K] with predictions along
+    its columns, whose column sums are those counts whatever the labels). Total collapse onto
+    one class gives 0; equal use of K classes, log K."""
+    c = np.asarray(counts, np.float64)
+    c = c.sum(axis=0) if c.ndim == 2 else c
+    if c.ndim != 1 or c.sum() <= 0 or (c < 0).any():
+        raise ValueError(f"predicted_class_entropy needs non-negative counts [K] or [K, K]; got "
+                         f"shape {np.shape(counts)}")
+    p = c[c > 0] / c.sum()
+    return float(-(p * np.log(p)).sum())
+
+
 def scores(logits) -> dict:
     """Every label-free score of target ``logits`` [N, K], higher is better."""
-    return {"snd": snd(softmax(logits)), "neg_entropy": -mean_entropy(logits)}
+    z = np.asarray(logits)
+    return {"snd": snd(softmax(z)), "neg_entropy": -mean_entropy(z),
+            "pred_class_entropy": predicted_class_entropy(
+                np.bincount(z.argmax(axis=1), minlength=z.shape[1]))}
 
 
 # ----------------------------------------------------------------------------- choosing a run
@@ -71,6 +88,10 @@ RULES = {
                   "accuracy: how good the features are is a supervised question that source "
                   "labels answer), then snd_guarded among that group's runs (which alignment "
                   "method and λ: the question SND was made for)",
+    "staged_snd_diverse": "staged_snd, a run also eligible only if its target predictions are "
+                          "spread over the classes at least as evenly as its source-only "
+                          "reference's (predicted-class entropy): SND is highest for a model "
+                          "that puts every target sample in one class",
 }
 # SND compares the target predictions of runs on the same input; across inputs (128 against 224
 # px features) its differences fall inside the seed spread (docs/RESULTS.md), so "staged_snd"
@@ -84,14 +105,15 @@ SOURCE_GUARD = 0.05
 
 
 def _score(run: dict, rule: str) -> float | None:
-    key = {"source_val": "source_val_acc", "entropy": "target_entropy",
-           "snd": "target_snd", "snd_guarded": "target_snd", "staged_snd": "target_snd"}[rule]
+    key = {"source_val": "source_val_acc", "entropy": "target_entropy", "snd": "target_snd",
+           "snd_guarded": "target_snd", "staged_snd": "target_snd",
+           "staged_snd_diverse": "target_snd"}[rule]
     v = run.get(key)
     return None if v is None else (-v if rule == "entropy" else v)
 
 
 def select(runs: list[dict], rule: str = DEFAULT_RULE, *, reference_source_val=None,
-           guard: float = SOURCE_GUARD, group=None) -> dict | None:
+           guard: float = SOURCE_GUARD, group=None, reference_spread=None) -> dict | None:
     """The run ``rule`` (one of ``RULES``) picks from ``runs``, or None if no run has the score.
 
     ``reference_source_val``: for ``snd_guarded`` and ``staged_snd``, a source validation
@@ -99,13 +121,16 @@ def select(runs: list[dict], rule: str = DEFAULT_RULE, *, reference_source_val=N
     number for all; a run below it by more than ``guard`` is not eligible (if none is, the guard
     is dropped). ``group``: for ``staged_snd``, a callable ``run -> key`` (e.g. its variant);
     only the runs of the group whose reference is highest are candidates (without ``group`` or
-    a reference: one group). Ties go to the earlier run (the earlier group)."""
+    a reference: one group). ``reference_spread``: for ``staged_snd_diverse``, a callable
+    ``run -> float``, the predicted-class entropy (``target_pred_entropy``) of the run's
+    source-only reference; a run below it is not eligible (if none is, that guard is dropped).
+    Ties go to the earlier run (the earlier group)."""
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
     scored = [r for r in runs if _score(r, rule) is not None]
     ref = (None if reference_source_val is None else reference_source_val
            if callable(reference_source_val) else (lambda r, v=reference_source_val: v))
-    if rule == "staged_snd" and group is not None and ref is not None:
+    if rule in ("staged_snd", "staged_snd_diverse") and group is not None and ref is not None:
         refs = {}                                # group -> its reference, in order of first run
         for r in scored:
             if ref(r) is not None:
@@ -113,9 +138,14 @@ def select(runs: list[dict], rule: str = DEFAULT_RULE, *, reference_source_val=N
         if refs:
             best = max(refs, key=lambda g: (refs[g], -list(refs).index(g)))
             scored = [r for r in scored if group(r) == best]
-    if rule in ("snd_guarded", "staged_snd") and ref is not None:
+    if rule in ("snd_guarded", "staged_snd", "staged_snd_diverse") and ref is not None:
         ok = [r for r in scored if r.get("source_val_acc") is not None and ref(r) is not None
               and r["source_val_acc"] >= ref(r) - guard]
+        scored = ok or scored
+    if rule == "staged_snd_diverse" and reference_spread is not None:
+        ok = [r for r in scored if r.get("target_pred_entropy") is not None
+              and reference_spread(r) is not None
+              and r["target_pred_entropy"] >= reference_spread(r) - 1e-9]
         scored = ok or scored
     if not scored:
         return None

@@ -101,7 +101,7 @@ def test_select_by_each_rule_and_the_guard_against_collapse():
             {"id": "old", "source_val_acc": 0.95, "target_entropy": None, "target_snd": None}]
     picks = {rule: select(runs, rule, reference_source_val=0.92)["id"] for rule in RULES}
     assert picks == {"source_val": "old", "entropy": "collapsed", "snd": "collapsed",
-                     "snd_guarded": "b", "staged_snd": "b"}
+                     "snd_guarded": "b", "staged_snd": "b", "staged_snd_diverse": "b"}
     # a per-run reference (each run's own source-only run); none eligible: the guard is dropped
     assert select(runs, "snd_guarded", reference_source_val=lambda r: 0.99)["id"] == "collapsed"
     assert select(runs[3:], "snd") is None
@@ -135,3 +135,31 @@ def test_staged_snd_picks_the_input_by_source_accuracy_then_the_method_by_snd():
     ref["128"] = ref["224"]
     assert pick(runs, "staged_snd") == "128/im" and pick(runs[2:] + runs[:2], "staged_snd") == "224/mcc"
     assert select(runs, "staged_snd", reference_source_val=0.9)["id"] == "128/im"
+
+
+def test_predicted_class_entropy_and_the_diversity_guard():
+    from ddc.selection import predicted_class_entropy, scores, select
+    assert predicted_class_entropy([5, 0, 0]) == 0.0
+    assert predicted_class_entropy([2, 2, 2, 2]) == pytest.approx(np.log(4))
+    p = np.array([6, 3, 1]) / 10
+    want = -sum(q * np.log(q) for q in p)
+    assert predicted_class_entropy([6, 3, 1]) == pytest.approx(want)
+    # a confusion matrix (rows: labels, columns: predictions): its column sums, whatever the rows
+    conf = [[4, 1, 0], [2, 2, 1], [0, 0, 0]]
+    assert predicted_class_entropy(conf) == pytest.approx(predicted_class_entropy([6, 3, 1]))
+    with pytest.raises(ValueError, match="non-negative counts"):
+        predicted_class_entropy([0, 0])
+    logits = np.log(np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]))
+    assert scores(logits)["pred_class_entropy"] == pytest.approx(predicted_class_entropy([2, 0, 1]))
+
+    def run(name, snd, spread):
+        return {"id": name, "variant": "v", "source_val_acc": 0.9, "target_snd": snd,
+                "target_entropy": 0.1, "target_pred_entropy": spread}
+    runs = [run("source_only", 5.0, 2.0), run("mcc", 6.0, 2.2),
+            run("entropy", 6.3, 1.6)]  # the highest SND: its predictions on fewer classes
+    kw = dict(reference_source_val=0.9, group=lambda r: r["variant"],
+              reference_spread=lambda r: 2.0)
+    assert select(runs, "staged_snd", **kw)["id"] == "entropy"
+    assert select(runs, "staged_snd_diverse", **kw)["id"] == "mcc"
+    # no run as spread as the reference: the guard is dropped
+    assert select(runs, "staged_snd_diverse", **{**kw, "reference_spread": lambda r: 9.0})["id"] == "entropy"
