@@ -105,9 +105,7 @@ SOURCE_GUARD = 0.05
 
 
 def _score(run: dict, rule: str) -> float | None:
-    key = {"source_val": "source_val_acc", "entropy": "target_entropy", "snd": "target_snd",
-           "snd_guarded": "target_snd", "staged_snd": "target_snd",
-           "staged_snd_diverse": "target_snd"}[rule]
+    key = {"source_val": "source_val_acc", "entropy": "target_entropy"}.get(rule, "target_snd")
     v = run.get(key)
     return None if v is None else (-v if rule == "entropy" else v)
 
@@ -136,7 +134,7 @@ def select(runs: list[dict], rule: str = DEFAULT_RULE, *, reference_source_val=N
             if ref(r) is not None:
                 refs.setdefault(group(r), ref(r))
         if refs:
-            best = max(refs, key=lambda g: (refs[g], -list(refs).index(g)))
+            best = max(refs, key=refs.get)  # max keeps the first of equals
             scored = [r for r in scored if group(r) == best]
     if rule in ("snd_guarded", "staged_snd", "staged_snd_diverse") and ref is not None:
         ok = [r for r in scored if r.get("source_val_acc") is not None and ref(r) is not None
@@ -149,4 +147,4 @@ def select(runs: list[dict], rule: str = DEFAULT_RULE, *, reference_source_val=N
         scored = ok or scored
     if not scored:
         return None
-    return max(scored, key=lambda r: (_score(r, rule), -scored.index(r)))
+    return max(scored, key=lambda r: _score(r, rule))  # max keeps the first of equals

@@ -47,8 +47,8 @@ def target_statistics(model: keras.Model, preprocess, images, batch_size: int) -
     if len(images) == 0:
         raise ValueError("no target images to compute the BatchNorm statistics on")
     probe = keras.Model(model.inputs, [layer.input for layer in layers])
-    saved = [(layer.trainable, layer.moving_mean.numpy(), layer.moving_variance.numpy())
-             for layer in layers]
+    trainable = [layer.trainable for layer in layers]
+    own = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
 
     @tf.function(reduce_retracing=True)
     def moments(x):
@@ -61,21 +61,21 @@ def target_statistics(model: keras.Model, preprocess, images, batch_size: int) -
         return out
 
     sums = [[0.0, 0.0] for _ in layers]
-    try:
-        for layer in layers:
-            layer.trainable = True                  # batch statistics in training mode
-        n = len(images)
-        for start in tqdm(range(0, n, batch_size), desc="AdaBN statistics", unit="batch",
-                          leave=False, disable=None):
-            x = np.asarray(images[start:start + batch_size])
-            for acc, (m, m2) in zip(sums, moments(tf.convert_to_tensor(x))):
-                acc[0] = acc[0] + len(x) * m.numpy().astype(np.float64)
-                acc[1] = acc[1] + len(x) * m2.numpy().astype(np.float64)
-    finally:  # a training-mode call also moves the moving statistics: put them back
-        for layer, (trainable, mean, var) in zip(layers, saved):
-            layer.moving_mean.assign(mean)
-            layer.moving_variance.assign(var)
-            layer.trainable = trainable
+    n = len(images)
+    # a training-mode call also moves the moving statistics: statistics_applied puts them back
+    with statistics_applied(model, own):
+        try:
+            for layer in layers:
+                layer.trainable = True              # batch statistics in training mode
+            for start in tqdm(range(0, n, batch_size), desc="AdaBN statistics", unit="batch",
+                              leave=False, disable=None):
+                x = np.asarray(images[start:start + batch_size])
+                for acc, (m, m2) in zip(sums, moments(tf.convert_to_tensor(x))):
+                    acc[0] = acc[0] + len(x) * m.numpy().astype(np.float64)
+                    acc[1] = acc[1] + len(x) * m2.numpy().astype(np.float64)
+        finally:
+            for layer, flag in zip(layers, trainable):
+                layer.trainable = flag
     return [(m / n, np.maximum(m2 / n - (m / n) ** 2, 0.0)) for m, m2 in sums]
 
 
