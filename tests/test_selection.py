@@ -99,9 +99,13 @@ def test_select_by_each_rule_and_the_guard_against_collapse():
             {"id": "collapsed", "source_val_acc": 0.40, "target_entropy": 0.01,
              "target_snd": 7.5},
             {"id": "old", "source_val_acc": 0.95, "target_entropy": None, "target_snd": None}]
+    for r, (bnm, im) in zip(runs, [(0.30, 1.5), (0.20, 1.2), (0.05, 0.1), (None, None)]):
+        r.update(target_bnm=bnm, target_im=im)
     picks = {rule: select(runs, rule, reference_source_val=0.92)["id"] for rule in RULES}
+    # the staged rules without groups: the source guard (0.92 - 0.05) keeps a, b; a scores highest
     assert picks == {"source_val": "old", "entropy": "collapsed", "snd": "collapsed",
-                     "snd_guarded": "b", "staged_snd": "b", "staged_snd_diverse": "b"}
+                     "snd_guarded": "b", "staged_snd": "b", "staged_snd_diverse": "b",
+                     "staged_bnm": "a", "staged_im": "a"}
     # a per-run reference (each run's own source-only run); none eligible: the guard is dropped
     assert select(runs, "snd_guarded", reference_source_val=lambda r: 0.99)["id"] == "collapsed"
     assert select(runs[3:], "snd") is None
@@ -163,3 +167,64 @@ def test_predicted_class_entropy_and_the_diversity_guard():
     assert select(runs, "staged_snd_diverse", **kw)["id"] == "mcc"
     # no run as spread as the reference: the guard is dropped
     assert select(runs, "staged_snd_diverse", **{**kw, "reference_spread": lambda r: 9.0})["id"] == "entropy"
+
+
+def _bnm_reference(p):
+    # the nuclear norm as the sum of the square roots of the eigenvalues of the smaller Gram
+    # matrix, P^T P or P P^T (no SVD)
+    q = np.asarray(p, np.float64)
+    ev = np.linalg.eigvalsh(q.T @ q if q.shape[0] >= q.shape[1] else q @ q.T)
+    return float(np.sqrt(np.clip(ev, 0, None)).sum() / len(p))
+
+
+def _im_loops(p):
+    n, k = len(p), len(p[0])
+    mean = [sum(row[j] for row in p) / n for j in range(k)]
+    h_mean = -sum(m * math.log(m) for m in mean if m > 0)
+    h_each = sum(-sum(v * math.log(v) for v in row if v > 0) for row in p) / n
+    return h_mean - h_each
+
+
+@pytest.mark.parametrize("n,k", [(9, 3), (40, 7), (5, 11)])
+def test_bnm_and_im_match_references(n, k):
+    from ddc.selection import bnm, information_maximization
+    p = _softmax(np.random.default_rng(n * k).normal(0, 2, (n, k)))
+    assert bnm(p) == pytest.approx(_bnm_reference(p), rel=1e-9)
+    assert information_maximization(p) == pytest.approx(_im_loops(p.tolist()), rel=1e-9)
+    s = scores(np.log(p))
+    assert s["bnm"] == pytest.approx(bnm(p), rel=1e-9)
+    assert s["im"] == pytest.approx(information_maximization(p), rel=1e-9)
+
+
+def test_bnm_and_im_score_a_collapse_low_and_confident_diverse_predictions_high():
+    from ddc.selection import bnm, information_maximization
+    n, k = 60, 4
+    collapsed = np.eye(k)[np.zeros(n, int)]
+    balanced = np.eye(k)[np.arange(n) % k]
+    uniform = np.full((n, k), 1 / k)
+    assert bnm(collapsed) == pytest.approx(1 / np.sqrt(n))
+    assert bnm(balanced) == pytest.approx(np.sqrt(k / n))
+    assert bnm(uniform) == pytest.approx(1 / np.sqrt(n * k))
+    assert information_maximization(balanced) == pytest.approx(np.log(k))
+    assert information_maximization(collapsed) == pytest.approx(0.0, abs=1e-12)
+    assert information_maximization(uniform) == pytest.approx(0.0, abs=1e-12)
+    # SND ranks the collapse above the balanced predictions; BNM and IM the other way round
+    assert snd(collapsed + 1e-9) > snd(balanced + 1e-9)
+    with pytest.raises(ValueError, match="bnm needs"):
+        bnm(np.zeros((0, 3)))
+
+
+def test_staged_bnm_picks_the_input_then_the_highest_bnm_within_the_guard():
+    from ddc.selection import DEFAULT_RULE, select
+    assert DEFAULT_RULE == "staged_bnm"
+
+    def run(variant, method, val, bnm):
+        return {"id": f"{variant}/{method}", "variant": variant, "source_val_acc": val,
+                "target_bnm": bnm, "target_snd": 6.0, "target_entropy": 0.1}
+    runs = [run("128", "source_only", 0.88, 0.10), run("128", "mcc", 0.87, 0.30),
+            run("224", "source_only", 0.90, 0.11), run("224", "mcc", 0.89, 0.25),
+            run("224", "broken", 0.80, 0.40), run("224", "im", 0.88, 0.20)]
+    ref = {"128": 0.88, "224": 0.90}
+    kw = dict(reference_source_val=lambda r: ref[r["variant"]], group=lambda r: r["variant"])
+    assert select(runs, **kw)["id"] == "224/mcc"   # not 128/mcc (other input), not broken (guard)
+    assert select(runs, guard=0.2, **kw)["id"] == "224/broken"

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from ddc.data.pipeline import eval_batches
 from ddc.metrics import classification_report, mean_entropy, softmax
-from ddc.selection import snd
+from ddc.selection import bnm, information_maximization, snd
 
 
 def predict_arrays(predict, inputs: np.ndarray, batch_size: int):
@@ -27,12 +27,16 @@ def predict_arrays(predict, inputs: np.ndarray, batch_size: int):
 
 
 def evaluate_arrays(predict, inputs, labels, class_names, batch_size: int) -> dict:
-    """The classification report of ``predict`` on ``inputs`` plus two label-free scores of its
-    predictions: the mean entropy and the soft neighbourhood density (``ddc.selection.snd``)."""
+    """The classification report of ``predict`` on ``inputs`` plus the label-free scores of its
+    predictions (``ddc.selection``): the mean entropy, the soft neighbourhood density, the
+    batch nuclear norm and the information-maximisation score."""
     logits, _ = predict_arrays(predict, inputs, batch_size)
     report = classification_report(labels, logits.argmax(axis=1), class_names)
+    p = softmax(logits)
     report["entropy"] = mean_entropy(logits)
-    report["snd"] = snd(softmax(logits)) if len(logits) > 1 else None
+    report["snd"] = snd(p) if len(logits) > 1 else None
+    report["bnm"] = bnm(p) if len(logits) else None
+    report["im"] = information_maximization(p) if len(logits) else None
     return report
 
 

@@ -248,7 +248,10 @@ def _results(run: Run, history: list, final: dict, stage: Stage, ips, wall: floa
         "target_counts": tgt["counts"],
         "target_confusion": tgt["confusion"],
         "target_entropy": tgt["entropy"],
-        "target_snd": tgt["snd"],  # label-free, higher is better (ddc.selection)
+        # label-free, higher is better (ddc.selection)
+        "target_snd": tgt["snd"],
+        "target_bnm": tgt["bnm"],
+        "target_im": tgt["im"],
         "classes": run.data.class_names,
         "dropped_classes": run.data.dropped,
         "skipped_files": run.data.skipped,

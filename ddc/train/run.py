@@ -217,6 +217,8 @@ class Run:
                "source_val_mean_class_acc": val["mean_class_accuracy"] if val else None,
                "target_entropy": tgt["entropy"],
                "target_snd": tgt["snd"],
+               "target_bnm": tgt["bnm"],
+               "target_im": tgt["im"],
                "target_acc": tgt["accuracy"],
                "target_mean_class_acc": tgt["mean_class_accuracy"],
                "_target_report": tgt}
