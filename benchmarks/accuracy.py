@@ -102,6 +102,10 @@ def parse_args(argv):
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: report the cells whose runs are finished under --runs "
                    "or read back by --reuse, and list the others as not run")
+    p.add_argument("--rescore", action="store_true",
+                   help="finished runs of ours written before a label-free score of "
+                   "accuracy_run.RESCORED_KEYS existed get it from their final checkpoint "
+                   "(a few seconds a run; saved beside their results.json)")
     p.add_argument("--reading", default=None, metavar="MARKDOWN_FILE",
                    help="a markdown file included as the report's reading of its numbers (e.g. "
                    "docs/results_reading.md: what was tried, why a target is not met)")
@@ -177,7 +181,7 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command) -> str:
                 print(f"[accuracy {k}/{total}, {time.time() - t_start:.0f} s] {cell.id} seed "
                       f"{seed}", file=sys.stderr, flush=True)
                 results.append(run.run_cell_seed(cell, seed, runs, Path(args.data_root),
-                                                 Path(args.weights_root)))
+                                                 Path(args.weights_root), args.rescore))
             summaries.append(run.summarize(cell, results))
         # written after every cell, so a long grid's partial results can be read (and resumed)
         text = report._write_report(args, cells, seeds, summaries, out_md, out_json,

@@ -24,6 +24,10 @@ from ddc.sweep import config_hash  # noqa: F401  (re-exported: the hash in a run
 
 # written into a run directory once its run returned: a run without it is not finished
 RUN_META = "accuracy_benchmark.json"
+# label-free scores added after a run was trained, recomputed from its final checkpoint
+# (``rescore_run``); its results.json stays as the run wrote it
+RESCORED = "rescored.json"
+RESCORED_KEYS = ("target_bnm", "target_im")
 
 
 # ----------------------------------------------------------------------------- running
@@ -68,9 +72,40 @@ def train_cli(base: str, overrides: list[str], workdir: Path, data_root: Path,
     return json.loads((Path(workdir) / "results.json").read_text())
 
 
+def rescore_run(workdir: Path, data_root: Path, weights_root: Path) -> dict:
+    """``RESCORED_KEYS`` of a finished run of ours from its final checkpoint
+    (``ddc.train.rescore``, in a fresh process like every run), written to ``RESCORED`` in its
+    directory and read back from there afterwards. The recomputed evaluation must reproduce
+    the run's own target accuracy and SND (the same checkpoint on the same inputs), or this
+    raises."""
+    path = Path(workdir) / RESCORED
+    if not path.exists():
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--rescore", str(workdir),
+               "--data-root", str(data_root), "--weights-root", str(weights_root)]
+        env = {**os.environ, "PYTHONPATH": str(grid.REPO)}
+        if subprocess.run(cmd, env=env).returncode != 0:
+            raise RuntimeError(f"rescoring {workdir} failed")
+    return json.loads(path.read_text())
+
+
+def _rescore_main(workdir: Path, data_root: str, weights_root: str) -> None:
+    from ddc.train import rescore
+
+    results = json.loads((workdir / "results.json").read_text())
+    rec = rescore(workdir, data_root=data_root, weights_root=weights_root)
+    for key in ("target_acc", "target_snd"):
+        if abs(rec[key] - results[key]) > 1e-6:
+            raise SystemExit(f"{workdir}: the recomputed {key} {rec[key]} is not the run's "
+                             f"{results[key]}: not the checkpoint or inputs it was evaluated on")
+    out = {k: rec[k] for k in RESCORED_KEYS}
+    (workdir / RESCORED).write_text(json.dumps({**out, "step": rec["step"]}, indent=2))
+
+
 def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
-                  weights_root: Path) -> dict:
-    """Trains one seed of ``cell`` (or reads back a finished run of the same config).
+                  weights_root: Path, rescore: bool = False) -> dict:
+    """Trains one seed of ``cell`` (or reads back a finished run of the same config; with
+    ``rescore``, a run of ours written before a score of ``RESCORED_KEYS`` existed gets it
+    from ``rescore_run``).
 
     Returns:
         The run's ``results.json`` plus ``run_dir``, ``overrides``, ``config``, ``resumed`` and
@@ -106,6 +141,10 @@ def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
         resumed = False
     if cell.method.peer:  # a peer's results.json has its own keys (adapt_cells)
         res = {"wall_time_s": res.get("train_time_s"), "dropped_classes": {}, **res}
+    elif any(res.get(k) is None for k in RESCORED_KEYS) and (
+            rescore or (workdir / RESCORED).exists()):
+        res = {**res, **{k: v for k, v in rescore_run(workdir, data_root, weights_root).items()
+                         if k in RESCORED_KEYS}}
     return {**res, "run_dir": _relative(workdir), "overrides": overrides, "config": config,
             "resumed": resumed, "total_wall_s": meta["total_wall_s"]}
 
@@ -168,7 +207,8 @@ def summarize(cell: grid.Cell, runs: list[dict]) -> dict:
                 "source_val_acc", "wall_time_s", "total_wall_s"):
         out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
         out[key + "_per_seed"] = [r.get(key) for r in runs]
-    for key in ("setup_time_s", "train_time_s", "target_acc_tta", "target_snd", "target_entropy"):
+    for key in ("setup_time_s", "train_time_s", "target_acc_tta", "target_snd", "target_entropy",
+                "target_bnm", "target_im"):
         out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
     # how evenly the target predictions use the classes: the confusion matrix's column sums are
     # the predicted-class counts (the same whatever the labels; no label is read)
@@ -184,3 +224,15 @@ def summarize(cell: grid.Cell, runs: list[dict]) -> dict:
     out["config_seed0"] = runs[0]["config"]
     out["run_dirs"] = [r["run_dir"] for r in runs]
     return out
+
+
+if __name__ == "__main__":  # the fresh process of rescore_run
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Recompute a finished run's label-free scores "
+                                 "(rescore_run).")
+    ap.add_argument("--rescore", required=True, type=Path, metavar="RUN_DIR")
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--weights-root", required=True)
+    a = ap.parse_args()
+    _rescore_main(a.rescore, a.data_root, a.weights_root)

@@ -55,3 +55,34 @@ def test_features_mode_config_rules(tiny_trees):
     base["data"]["augment"] = "d8"
     with pytest.raises(ConfigError, match='data.augment: expected true or false, "flips" or'):
         from_dict({**base, "mode": "features"})
+
+
+@pytest.mark.parametrize("mode", ["features", "train"])
+def test_rescore_recomputes_the_final_evaluation_from_the_checkpoint(tmp_path, tiny_trees, mode):
+    """``rescore`` rebuilds the run from its config.json and latest checkpoint: its record is
+    the run's own final evaluation (so a score added later is that of the trained model)."""
+    from ddc.train import RunError, rescore
+    from ddc.selection import bnm, information_maximization
+
+    cfg = tiny_config(*tiny_trees, steps=4, checkpoint_every=4, eval_every=4)
+    cfg.update(mode=mode, deterministic=True)
+    cfg["model"]["freeze"] = {"mode": "until", "layer": "pool1"}
+    cfg["align"] = {"mcc": {"weight": 1.0}}
+    res = train_and_evaluate(from_dict(cfg), tmp_path / "run")
+    rec = rescore(tmp_path / "run")
+    assert rec["step"] == 4
+    for key in ("target_acc", "target_mean_class_acc", "source_val_acc", "target_entropy",
+                "target_snd", "target_bnm", "target_im"):
+        assert rec[key] == pytest.approx(res[key], rel=1e-6, abs=1e-9), key
+    assert 0 < res["target_bnm"] and 0 <= res["target_im"]
+    # the scores are those of the trained network's target predictions, loaded independently
+    from ddc.report.runs import load_eval_domain, load_run
+    run = load_run(tmp_path / "run")
+    dom = load_eval_domain(run, "target")
+    logits, _ = run.predict(dom.images, 16)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert bnm(p) == pytest.approx(res["target_bnm"], rel=1e-5)
+    assert information_maximization(p) == pytest.approx(res["target_im"], rel=1e-5)
+    with pytest.raises(RunError, match="no config.json"):
+        rescore(tmp_path / "nothing")

@@ -6,6 +6,7 @@ evaluation, TensorBoard, checkpoints, stage switches) lives here.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -78,6 +79,42 @@ def train_and_evaluate(cfg: Config, workdir: str | Path, *, data_root: str | Pat
         finally:
             for old in replaced_runs(workdir):  # the new run saved no checkpoint yet
                 log.warning("the run replaced by --restart is kept in %s", old)
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def rescore(workdir: str | Path, *, data_root: str | Path | None = None,
+            weights_root: str | Path | None = None) -> dict:
+    """The final evaluation of a finished run, recomputed from its latest checkpoint: the
+    record ``Run.evaluate`` returns (accuracies and every label-free score of
+    ``ddc.selection``; no test-time augmentation), for a score added after the run was trained. Reads the run's
+    ``config.json``, its data (the feature cache in mode "features") and checkpoint; writes
+    nothing.
+
+    Raises:
+        RunError: ``workdir`` has no config.json or no checkpoint.
+    """
+    from ddc.config import from_dict
+
+    workdir = Path(workdir)
+    if not (workdir / "config.json").exists():
+        raise RunError(f"{workdir}: not a run directory (no config.json)")
+    cfg = from_dict(json.loads((workdir / "config.json").read_text()))
+    cfg.train.tta = False  # the scores read the identity view's predictions
+    before = keras.mixed_precision.global_policy()
+    try:
+        keras.utils.set_random_seed(cfg.seed)
+        keras.mixed_precision.set_global_policy(cfg.train.precision)
+        data = prepare_data(cfg, paths.data_root(data_root), paths.cache_dir())
+        run = Run(cfg, workdir, data, paths.weights_root(weights_root),
+                  paths.cache_dir(cfg.data.cache_dir))
+        step = _saved_step(run.ckpt_dir)
+        if not step:
+            raise RunError(f"{workdir}: no checkpoint in {run.ckpt_dir}")
+        stage = Stage(run, head_only=step < cfg.train.head_only_steps)
+        stage.checkpoint.restore(stage.manager.latest_checkpoint).expect_partial()
+        rec = run.evaluate(step)
+        return {k: v for k, v in rec.items() if not k.startswith("_")}
     finally:
         keras.mixed_precision.set_global_policy(before)
 
