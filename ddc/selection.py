@@ -151,7 +151,8 @@ _SCORE_KEY = {"source_val": "source_val_acc", "entropy": "target_entropy",
               "staged_bnm": "target_bnm", "staged_im": "target_im"}
 
 
-def _score(run: dict, rule: str) -> float | None:
+def score(run: dict, rule: str) -> float | None:
+    """What ``rule`` maximises for ``run`` (None: the run lacks that score)."""
     v = run.get(_SCORE_KEY.get(rule, "target_snd"))
     return None if v is None else (-v if rule == "entropy" else v)
 
@@ -172,7 +173,7 @@ def select(runs: list[dict], rule: str = DEFAULT_RULE, *, reference_source_val=N
     group)."""
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
-    scored = [r for r in runs if _score(r, rule) is not None]
+    scored = [r for r in runs if score(r, rule) is not None]
     staged = rule.startswith("staged_")
     ref = (None if reference_source_val is None else reference_source_val
            if callable(reference_source_val) else (lambda r, v=reference_source_val: v))
@@ -195,4 +196,4 @@ def select(runs: list[dict], rule: str = DEFAULT_RULE, *, reference_source_val=N
         scored = ok or scored
     if not scored:
         return None
-    return max(scored, key=lambda r: _score(r, rule))  # max keeps the first of equals
+    return max(scored, key=lambda r: score(r, rule))  # max keeps the first of equals

@@ -59,16 +59,18 @@ def test_grid_covers_tasks_methods_and_variants():
                     | set(accuracy.COMBOS) | {m.name for m in accuracy.PEER_METHODS})
     assert not any(i.endswith("_lam0.1") for i in ids)
     assert {f"siri_whu_aid/frozen/{m}" for m in accuracy.FROZEN_METHODS} < ids
-    assert {f"usps_mnist/{m}" for m in accuracy.USPS_METHODS} == {
-        i for i in ids if i.startswith("usps_mnist/")}
+    for task in ("usps_mnist", "mnist_usps"):
+        assert {f"{task}/{m}" for m in accuracy.DIGIT_METHODS} == {
+            i for i in ids if i.startswith(f"{task}/")}
     dann = next(c for c in cells if c.id == "aid_siri_whu/frozen_224_d4_3000/dann_lam1")
     assert {'align={"dann": {"weight": 1.0}}', "data.image_size=224", "train.steps=3000"} <= set(
         dann.overrides(0))
     quick = {c.id for c in accuracy.build_grid(quick=True, only=None, extra=[])}
-    # --quick: the 128 px baseline and USPS without its target-prediction terms (minutes)
+    # --quick: the 128 px baseline and the digits without their target-prediction terms
     assert quick == {f"{t}/frozen/{m}" for t in ("siri_whu_aid", "aid_siri_whu")
-                     for m in accuracy.FROZEN_METHODS} | {"usps_mnist/source_only",
-                                                          "usps_mnist/ddc_gauss_biased"}
+                     for m in accuracy.FROZEN_METHODS} | {
+        f"{t}/{m}" for t in ("usps_mnist", "mnist_usps")
+        for m in ("source_only", "ddc_gauss_biased")}
     only = accuracy.build_grid(quick=False, only=["siri_whu_aid/frozen", "usps_mnist/ddc_*"],
                                extra=[])
     assert [c.id for c in only] == (  # in the order of the patterns
@@ -106,6 +108,7 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
         assert cfg.seed == 2 and cfg.train.steps == 7
         family = cell.method.family or cell.method.name
         term = cell.method.term
+        digits = cell.task.name in ("usps_mnist", "mnist_usps")
         if cell.method.peer:  # ADAPT on the variant's frozen features, no term of ours
             assert cfg.align == {} and cfg.mode == "features" and cfg.model.freeze.mode == "backbone"
             assert cell.variant in cell.task.peer_variants and family == f"adapt_{cell.method.peer}"
@@ -135,8 +138,8 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
             assert cell.method.name.endswith(f"_lam{cell.method.lam:g}")
             assert cfg.align[term].weight == cell.method.lam
         elif term == "mmd":  # the base config's λ
-            assert cfg.align["mmd"].weight == (1.0 if cell.task.name == "usps_mnist" else 0.25)
-        if cell.task.name != "usps_mnist":
+            assert cfg.align["mmd"].weight == (1.0 if digits else 0.25)
+        if not digits:
             d4 = "_d4" in cell.variant
             assert cfg.mode == "features" and cfg.data.cache == "disk"
             assert cfg.data.augment == ("d4" if d4 else False) and cfg.train.tta == d4
@@ -147,7 +150,13 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
             assert cfg.model.adabn == (cell.variant == "frozen_adabn")
     # every registered method, and source only, on each MobileNetV2 task; USPS: a few (CPU)
     assert seen["siri_whu_aid"] == seen["aid_siri_whu"] == {""} | set(REGISTRY)
-    assert seen["usps_mnist"] == {"", "mmd", "cdan"}
+    assert seen["usps_mnist"] == seen["mnist_usps"] == {"", "mmd", "mcc", "im", "entropy", "cdan"}
+    mnist = load(accuracy.REPO / "configs/grid/mnist_usps.json")
+    usps = load(accuracy.REPO / "configs/usps_mnist.json")
+    # the other direction of the same recipe: only the roots (and the name) differ
+    assert (mnist.data.source.root, mnist.data.target.root) == ("mnist_test", "usps")
+    assert ({**mnist.to_dict(), "name": "", "data": {**mnist.to_dict()["data"], "source": 0, "target": 0}}
+            == {**usps.to_dict(), "name": "", "data": {**usps.to_dict()["data"], "source": 0, "target": 0}})
     aid = load(accuracy.REPO / "configs/grid/aid_siri_whu.json")
     assert aid.data.source.root == "aid" and aid.data.target.root == "siri_whu"
     assert aid.data.source.class_map["SparseResidential"] == "residential"
@@ -195,29 +204,36 @@ def test_effective_overrides_keep_the_last_value_of_a_key():
 
 
 def test_model_selection_picks_among_our_cells_only_and_reports_targets_and_peers():
-    def s(variant, method, src_val, acc, snd, entropy=0.5, train_s=10.0):
+    def s(variant, method, src_val, acc, snd, entropy=0.5, train_s=10.0, bnm=0.1, im=1.0):
         return {"task": "siri_whu_aid", "variant": variant, "method": method,
                 "id": f"siri_whu_aid/{variant}/{method}", "source_val_acc": src_val,
                 "target_acc": acc, "target_acc_std": 0.01, "target_acc_tta": acc + 0.02,
                 "target_snd": snd, "target_entropy": entropy, "wall_time_s": train_s,
-                "setup_time_s": 2.0}
+                "setup_time_s": 2.0, "target_bnm": bnm, "target_im": im}
     summaries = [
         s("frozen", "source_only", 0.90, 0.52, 5.90),
-        s("frozen", "mcc_lam1", 0.88, 0.64, 6.00, entropy=0.1),
+        s("frozen", "mcc_lam1", 0.88, 0.64, 6.00, entropy=0.1, bnm=0.5, im=2.0),
         # collapsed: the highest SND and lowest entropy, its source accuracy gone
-        s("frozen", "dann_lam1", 0.20, 0.08, 7.00, entropy=0.01),
+        s("frozen", "dann_lam1", 0.20, 0.08, 7.00, entropy=0.01, bnm=0.01, im=0.0),
         s("frozen_224_d4_3000", "source_only", 0.91, 0.55, 5.80),
-        s("frozen_224_d4_3000", "im_lam1", 0.89, 0.66, 5.95),
-        s("frozen_224_d4_3000", "mcc_lam1", 0.89, 0.71, 5.90),   # best target acc: never used
-        s("frozen_224_d4_3000", "adapt_cdan", 0.88, 0.60, 9.00, train_s=12.5),  # a peer
-        {**s("frozen", "dan_lam1", 0.9, 0.5, 0.0), "target_snd": None}]  # no score: not one
+        s("frozen_224_d4_3000", "im_lam1", 0.89, 0.66, 5.95, bnm=0.3, im=1.5),
+        # best target acc: never used
+        s("frozen_224_d4_3000", "mcc_lam1", 0.89, 0.71, 5.90, bnm=0.25, im=1.8),
+        s("frozen_224_d4_3000", "adapt_cdan", 0.88, 0.60, 9.00, train_s=12.5, bnm=9.0),  # a peer
+        {**s("frozen", "dan_lam1", 0.9, 0.5, 0.0), "target_snd": None},   # no SND ...
+        {**s("frozen", "jmmd_lam1", 0.9, 0.5, 5.0, bnm=None, im=None)}]  # ... no BNM, IM
     picks = {p["rule"]: p for p in accuracy.model_selection(summaries)}
     assert picks["snd_guarded"]["id"] == "siri_whu_aid/frozen/mcc_lam1"
     assert picks["snd"]["id"] == picks["entropy"]["id"] == "siri_whu_aid/frozen/dann_lam1"
     assert picks["source_val"]["id"] == "siri_whu_aid/frozen_224_d4_3000/source_only"
     # the variant whose source only validates best, then the highest SND within it
     assert picks["staged_snd"]["id"] == "siri_whu_aid/frozen_224_d4_3000/im_lam1"
-    assert all(p["candidates"] == 6 for p in picks.values())
+    # ours: the same variant, then the highest BNM (a score the peer's 9.0 does not enter)
+    assert picks["staged_bnm"]["id"] == "siri_whu_aid/frozen_224_d4_3000/im_lam1"
+    assert picks["staged_im"]["id"] == "siri_whu_aid/frozen_224_d4_3000/mcc_lam1"
+    # the cells with the rule's score (jmmd has SND but no BNM or IM; one without SND is none's)
+    assert {r: p["candidates"] for r, p in picks.items()} == {
+        r: (6 if r in ("staged_bnm", "staged_im") else 7) for r in picks}
     assert picks["staged_snd"]["best_cell"]["id"] == "siri_whu_aid/frozen_224_d4_3000/mcc_lam1"
     text = "\n".join(accuracy_report.targets(summaries, list(picks.values())))
     assert ("| siri_whu_aid | 70 | siri_whu_aid/frozen_224_d4_3000/im_lam1 | 66.0 ± 1.0 | 68.0 | "
