@@ -58,6 +58,14 @@ VARIANTS = {
                              ["data.image_size=224", 'data.augment="d4"', "train.tta=true",
                               "train.steps=4500", "train.eval_every=4500",
                               "train.checkpoint_every=4500"]),
+    # the partial finetune (blocks 13-16 and Conv_1 at lr x0.1, BatchNorm frozen) at the settings
+    # that helped the feature extractor: 224 px, D4 views and test-time averaging, 1500 steps;
+    # mode "features" caches the frozen part's output (block_12_add) once per view
+    "partial_224_d4": ("configs/siri_whu_reference.json",
+                       ['mode="features"', "data.image_size=224", 'data.augment="d4"',
+                        "train.tta=true", "train.steps=1500", "train.eval_every=1500",
+                        "train.checkpoint_every=1500", "train.log_every=100",
+                        "name=siri_whu_partial_224_d4"]),
 }
 DESCRIPTIONS = {
     "features": "feature extractor: softmax regression on cached pooled features",
@@ -66,6 +74,7 @@ DESCRIPTIONS = {
     "features_224": "feature extractor at 224 px",
     "features_224_d4": "feature extractor at 224 px, D4 views in training",
     "features_224_d4_long": "the same, 4500 steps",
+    "partial_224_d4": "partial at 224 px with D4 views, 1500 steps (frozen part cached)",
 }
 START, END = "<!-- finetune-table:start -->", "<!-- finetune-table:end -->"
 

@@ -2,6 +2,7 @@
 and its grid, override and bar logic, so the benchmark code cannot rot."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -288,6 +289,29 @@ def test_smallest_cell_end_to_end_writes_the_row_and_resumes(tmp_path):
     again = json.loads((tmp_path / "runs" / "results.json").read_text())["cells"][0]
     assert again["run_dirs"] == [run_dir] and again["target_acc"] == cell["target_acc"]
     assert again["total_wall_s"] == cell["total_wall_s"]
+    # a run written before BNM and IM existed: --rescore recomputes them from its checkpoint
+    res_path = Path(run_dir) / "results.json"
+    res = json.loads(res_path.read_text())
+    assert res["target_bnm"] == pytest.approx(cell["target_bnm"]) and cell["target_im"] >= 0
+    res_path.write_text(json.dumps({k: v for k, v in res.items()
+                                    if k not in ("target_bnm", "target_im")}))
+    accuracy.main(args)  # without --rescore: the cell has no BNM
+    assert json.loads((tmp_path / "runs" / "results.json").read_text())["cells"][0][
+        "target_bnm"] is None
+    accuracy.main(args + ["--rescore"])
+    rescored = json.loads((Path(run_dir) / "rescored.json").read_text())
+    assert rescored["target_bnm"] == pytest.approx(res["target_bnm"], rel=1e-6)
+    assert rescored["target_im"] == pytest.approx(res["target_im"], rel=1e-6, abs=1e-9)
+    again = json.loads((tmp_path / "runs" / "results.json").read_text())["cells"][0]
+    assert again["target_bnm"] == pytest.approx(res["target_bnm"], rel=1e-6)
+    # a recomputation that does not reproduce the run's own evaluation is refused
+    (Path(run_dir) / "rescored.json").unlink()
+    res_path.write_text(json.dumps({**{k: v for k, v in res.items() if k != "target_bnm"},
+                                    "target_acc": res["target_acc"] + 0.5}))
+    with pytest.raises(RuntimeError, match="rescoring"):
+        accuracy.main(args + ["--rescore"])
+    assert not (Path(run_dir) / "rescored.json").exists()
+    res_path.write_text(json.dumps(res))
     # --reuse: a new runs folder, the cell read back from the earlier results.json unrun...
     first = tmp_path / "first.json"
     first.write_text((tmp_path / "runs" / "results.json").read_text())
