@@ -92,8 +92,8 @@ def parse_args(argv):
                    "runs/accuracy, quick: runs/accuracy-quick)")
     p.add_argument("--out", default=None, help="markdown report (default docs/RESULTS.md; "
                    "quick: <runs>/RESULTS.md)")
-    p.add_argument("--json", default=None, help="machine-readable results (default "
-                   "<runs>/results.json)")
+    p.add_argument("--json", default=None, help="machine-readable results (default: "
+                   "results.json beside --out, e.g. docs/results.json; quick: <runs>/results.json)")
     p.add_argument("--reuse", default=None, metavar="RESULTS_JSON",
                    help="read cells back from an earlier results.json where their resolved "
                    "config and seeds are identical (marked † in the report)")
@@ -142,7 +142,10 @@ def main(argv: list[str] | None = None) -> str:
                 or grid.REPO / ("runs/accuracy-quick" if args.quick else "runs/accuracy"))
     out_md = Path(args.out
                   or (runs / "RESULTS.md" if args.quick else grid.REPO / "docs/RESULTS.md"))
-    out_json = Path(args.json or runs / "results.json")  # a run output: not committed
+    # the full grid's summaries are committed beside its report (a new machine can --reuse
+    # them: run directories are not committed); --quick's stay with its runs
+    out_json = Path(args.json or (runs / "results.json" if args.quick
+                                  else out_md.with_name("results.json")))
     command = command_line(argv)
     text = _run_grid(args, cells, seeds, runs, out_md, out_json, command)
     print(f"wrote {out_md} and {out_json}", file=sys.stderr)

@@ -331,8 +331,12 @@ def _write_report(args, cells, seeds, summaries, out_md, out_json, command,
         notes.append(f"† {n} cells read back from {'; '.join(origins)} (`--reuse`: that run's "
                      "summaries, with the identical resolved config and seeds; their run "
                      "directories are not kept). Leave `--reuse` out to rerun them.")
+    own = [w for s in summaries for w in (s.get("total_wall_s_per_seed") or [])
+           if w is not None]
     notes.append(f"{len(summaries)} of {len(cells)} cells done; {elapsed:.0f} s in this "
-                 "invocation (runs read back from earlier invocations cost ~0 s)")
+                 "invocation (runs read back from earlier invocations cost ~0 s); the runs' own "
+                 f"wall times add up to {sum(own) / 60:.0f} min ({len(own)} runs, each from its "
+                 "start to its results, feature extraction included where a run did it)")
     extracted = sum(s.get("features_extracted") or 0 for s in summaries)
     cached = sum(s.get("features_from_cache") or 0 for s in summaries)
     if extracted or cached:
