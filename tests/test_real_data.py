@@ -26,12 +26,14 @@ def test_siri_whu_config_short_run_writes_the_curves(tmp_path):
     assert res["target_counts"]["residential"] == 12 and res["target_counts"]["river"] == 4
     assert res["variables"]["frozen_variables"] > 0
     scalars = read_scalars(work / "tensorboard")
-    # the shipped recipe's term in place of the DDC tags of TAGS, at its λ
-    (term, opts), = json.loads((REPO / "configs/siri_whu.json").read_text())["align"].items()
-    for tag in [t.replace("mmd", term) for t in TAGS if "bandwidth" not in t]:
-        assert tag in scalars, tag
-    assert res["target_snd"] is not None and len(scalars[f"train/align/{term}"]) == 4
-    assert scalars[f"lambda/{term}"][0][1] == pytest.approx(opts["weight"])
+    # each term of the shipped recipe in place of the DDC tags of TAGS, at its λ
+    terms = json.loads((REPO / "configs/siri_whu.json").read_text())["align"]
+    for term, opts in terms.items():
+        for tag in [t.replace("mmd", term) for t in TAGS if "bandwidth" not in t]:
+            assert tag in scalars, tag
+        assert len(scalars[f"train/align/{term}"]) == 4
+        assert scalars[f"lambda/{term}"][0][1] == pytest.approx(opts["weight"])
+    assert res["target_snd"] is not None and res["target_bnm"] > 0
     log = (work / "train.log").read_text()
     assert "dropping classes without a counterpart: water" in log
 
