@@ -132,7 +132,7 @@ def render(rows: dict, seeds: list, command: str, total_s: float) -> str:
             f"| {runs[0]['trainable_params']:,} | {runs[0]['steps']} "
             f"| {np.mean([r['wall_s'] for r in runs]):.0f} s |")
     lines += ["", f"Total wall time of the runs: {total_s / 60:.1f} min (each run from loading "
-              "the data to its test evaluation, with `nice -n 10` on a CPU shared with other "
+              "the data to its test evaluation, on a CPU shared with other "
               "jobs; reused runs count with their own time).", "", END]
     return "\n".join(lines)
 
