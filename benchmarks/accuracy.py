@@ -138,6 +138,13 @@ def main(argv: list[str] | None = None) -> str:
     cells = grid.build_grid(args.quick, only, extra)
     if not cells:
         raise SystemExit(f"--only {args.only!r} matches no cell")
+    # --only chooses what trains; the report covers the whole grid (the other cells from their
+    # finished runs or --reuse), so a partial invocation never writes a report that drops cells
+    # an earlier one had
+    trained = None
+    if only:
+        trained = {c.id for c in cells}
+        cells += [c for c in grid.build_grid(args.quick, None, extra) if c.id not in trained]
     runs = Path(args.runs
                 or grid.REPO / ("runs/accuracy-quick" if args.quick else "runs/accuracy"))
     out_md = Path(args.out
@@ -147,13 +154,17 @@ def main(argv: list[str] | None = None) -> str:
     out_json = Path(args.json or (runs / "results.json" if args.quick
                                   else out_md.with_name("results.json")))
     command = command_line(argv)
-    text = _run_grid(args, cells, seeds, runs, out_md, out_json, command)
+    text = _run_grid(args, cells, seeds, runs, out_md, out_json, command, trained)
     print(f"wrote {out_md} and {out_json}", file=sys.stderr)
     return text
 
 
-def _run_grid(args, cells, seeds, runs, out_md, out_json, command) -> str:
+def _run_grid(args, cells, seeds, runs, out_md, out_json, command, trained=None) -> str:
+    """Trains the cells in order (only those in ``trained`` if given, the others are read back
+    like ``--no-train``'s) and writes the report after each, its cells in the grid's order."""
     t_start = time.time()
+    order = {c.id: i for i, c in enumerate(
+        grid.build_grid(args.quick, None, []))}  # the report's order: the grid's
     summaries = []
     total = len(cells) * len(seeds)
     reusable, origin = run.load_reusable(args.reuse)
@@ -171,7 +182,8 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command) -> str:
         # this invocation's own finished runs win over --reuse
         prior = (run.reused_summary(cell, seeds, reusable, origin)
                  if cell.id in reusable and not finished else None)
-        if args.no_train and prior is None and not finished:
+        no_train = args.no_train or (trained is not None and cell.id not in trained)
+        if no_train and prior is None and not finished:
             continue
         if prior is not None:
             print(f"[accuracy {i * len(seeds) + 1}/{total}] {cell.id}: read back from {origin}",
@@ -186,10 +198,11 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command) -> str:
                 results.append(run.run_cell_seed(cell, seed, runs, Path(args.data_root),
                                                  Path(args.weights_root), args.rescore))
             summaries.append(run.summarize(cell, results))
+        summaries.sort(key=lambda s: order.get(s["id"], len(order)))
         # written after every cell, so a long grid's partial results can be read (and resumed)
         text = report._write_report(args, cells, seeds, summaries, out_md, out_json,
                                     command, time.time() - t_start)
-    if args.no_train:  # the report of what is there, even if nothing is
+    if args.no_train or not text:  # the report of what is there, even if nothing is
         text = report._write_report(args, cells, seeds, summaries, out_md, out_json,
                                     command, time.time() - t_start)
     return text

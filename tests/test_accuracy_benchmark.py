@@ -153,7 +153,7 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
     assert seen["siri_whu_aid"] == seen["aid_siri_whu"] == {""} | set(REGISTRY)
     assert seen["usps_mnist"] == seen["mnist_usps"] == {"", "mmd", "mcc", "im", "entropy", "cdan"}
     mnist = load(accuracy.REPO / "configs/grid/mnist_usps.json")
-    usps = load(accuracy.REPO / "configs/usps_mnist.json")
+    usps = load(accuracy.REPO / "configs/usps_mnist_ddc.json")
     # the other direction of the same recipe: only the roots (and the name) differ
     assert (mnist.data.source.root, mnist.data.target.root) == ("mnist_test", "usps")
     assert ({**mnist.to_dict(), "name": "", "data": {**mnist.to_dict()["data"], "source": 0, "target": 0}}
@@ -386,6 +386,16 @@ def test_a_registry_cell_runs_end_to_end_beside_source_only(tmp_path):
     assert data["bars"] == []  # no DDC cell ran
     log = json.loads(open(f"{cdan['run_dirs'][0]}/results.json").read())
     assert log["target_acc"] == cdan["target_acc"]
+    # a later --only of one cell (here a finished one, read back) trains only that cell but
+    # reports the whole grid: the other finished cell stays in the report, in the grid's order
+    only = args[:args.index("--only") + 1] + ["usps_mnist/cdan_lam1"] + args[
+        args.index("--only") + 2:]
+    md = accuracy.main(only)
+    again = json.loads((runs / "results.json").read_text())["cells"]
+    assert [c["id"] for c in again] == ["usps_mnist/source_only", "usps_mnist/cdan_lam1"]
+    assert [c["target_acc"] for c in again] == [cells[c["id"]]["target_acc"] for c in again]
+    assert [c["run_dirs"] for c in again] == [cells[c["id"]]["run_dirs"] for c in again]
+    assert "usps_mnist/source_only" in _rows(md)
 
 
 def test_reuse_rejects_a_file_that_is_not_a_results_file(tmp_path):
@@ -421,5 +431,7 @@ def test_no_train_reports_what_is_there_and_trains_nothing(tmp_path):
     out = tmp_path / "R.md"
     text = accuracy.main(["--no-train", "--only", "usps_mnist/source_only,usps_mnist/cdan_lam1",
                           "--runs", str(tmp_path / "runs"), "--out", str(out)])
-    assert out.read_text() == text and "0 of 2 cells done" in text
+    # --only limits what trains; the report counts the whole grid
+    total = len(accuracy.build_grid(quick=False, only=None, extra=[]))
+    assert out.read_text() == text and f"0 of {total} cells done" in text
     assert not (tmp_path / "runs" / "usps_mnist").exists()
