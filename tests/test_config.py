@@ -55,6 +55,8 @@ def test_shipped_configs_load(name):
     ("mmd.estimator", "quadratic", "mmd.estimator: expected one of"),
     ("train.precision", "float8", "train.precision: expected one of"),
     ("data.val_fraction", 1.0, "data.val_fraction: expected a number in [0, 1)"),
+    ("train.label_smoothing", 1.0, "train.label_smoothing: expected a number in [0, 1)"),
+    ("train.label_smoothing", -0.1, "train.label_smoothing: expected a number in [0, 1)"),
     ("align.mmd.multipliers", [], "align.mmd.multipliers: expected a non-empty list"),
     ("align.jmmd.multipliers", [1, -1], "align.jmmd.multipliers: expected a non-empty list"),
     ("model.freeze.mode", "half", "model.freeze.mode: expected one of"),

@@ -78,3 +78,33 @@ def test_step_reports_the_mmd_it_trained_on():
     assert expected > 0
     np.testing.assert_allclose(float(m["align/mmd"]), expected, rtol=1e-4)
     np.testing.assert_allclose(float(m["total_loss"]), float(m["cls_loss"]) + expected, rtol=1e-4)
+
+
+def test_label_smoothing_step_trains_on_smoothed_targets():
+    """The step's loss and update with ``label_smoothing`` equal a numpy cross-entropy against
+    (1 - eps) onehot + eps / C, gradient taken through the same network by hand."""
+    eps, lr, classes = 0.2, 0.05, 3
+    net, ref = _net(), _net()
+    step_var = tf.Variable(0, dtype=tf.int64)
+    opt = make_optimizer(TrainConfig(optimizer="sgd", lr=lr, momentum=0.0), step_var,
+                         net.model.trainable_variables, [], 1.0, False)
+    step = TrainStep(net.model, opt, [], label_smoothing=eps)
+    xs, ys, xt = _batch(classes=classes)
+    logits = ref.model(xs, training=True)[0].numpy().astype(np.float64)
+    z = logits - logits.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    target = np.full((len(ys), classes), eps / classes)
+    target[np.arange(len(ys)), ys] += 1.0 - eps
+    want_loss = float(-(target * logp).sum(1).mean())
+    m = step(xs, ys, xt, [])
+    np.testing.assert_allclose(float(m["cls_loss"]), want_loss, rtol=1e-5)
+    # the smoothed loss differs from the plain one, so the check above could fail
+    assert abs(want_loss + logp[np.arange(len(ys)), ys].mean()) > 1e-3
+    # one plain SGD step on the smoothed loss: d loss / d logits = (softmax - target) / n
+    with tf.GradientTape() as tape:
+        out = ref.model(xs, training=True)[0]
+    grads = tape.gradient(out, ref.model.trainable_variables,
+                          output_gradients=tf.constant((np.exp(logp) - target) / len(ys),
+                                                       tf.float32))
+    for a, v, g in zip(net.model.trainable_variables, ref.model.trainable_variables, grads):
+        np.testing.assert_allclose(a.numpy(), v.numpy() - lr * g.numpy(), rtol=2e-5, atol=2e-6)

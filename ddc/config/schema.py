@@ -90,6 +90,7 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0      # eps of the source cross-entropy's targets (1-eps) onehot + eps/C
     lr_schedule: str = "constant"     # "constant" or "inv": lr * (1 + 10 p) ** -0.75
     backbone_lr_mult: Optional[float] = None  # default: 0.1 with pretrained weights, else 1.0
     head_only_steps: int = 0          # two-stage: train with the backbone frozen for this many steps

@@ -70,6 +70,8 @@ def _check_train(cfg: Config) -> None:
     _check(train.lr > 0, "train.lr", "a number > 0", train.lr)
     _check(0.0 <= train.momentum < 1.0, "train.momentum", "a number in [0, 1)", train.momentum)
     _check(train.weight_decay >= 0, "train.weight_decay", "a number >= 0", train.weight_decay)
+    _check(0.0 <= train.label_smoothing < 1.0, "train.label_smoothing", "a number in [0, 1)",
+           train.label_smoothing)
     _choice("train.lr_schedule", train.lr_schedule, ("constant", "inv"))
     _check(train.backbone_lr_mult is None or train.backbone_lr_mult >= 0, "train.backbone_lr_mult",
            "a number >= 0 or null", train.backbone_lr_mult)

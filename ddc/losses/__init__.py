@@ -6,7 +6,7 @@ Tested against slow numpy references in ``tests/test_losses.py`` and ``tests/tes
 from ddc.losses.adversarial import (binary_domain_loss, domain_accuracy, entropy_weights,  # noqa: F401
                                     gradient_reverse, grl_warmup, mdd_loss, multilinear_map,
                                     randomized_multilinear_map)
-from ddc.losses.classification import classification_loss  # noqa: F401
+from ddc.losses.classification import classification_loss, source_cross_entropy  # noqa: F401
 from ddc.losses.coral import coral  # noqa: F401
 from ddc.losses.entropy import entropy, information_maximization, per_sample_entropy  # noqa: F401
 from ddc.losses.mcc import mcc  # noqa: F401

@@ -55,5 +55,6 @@ def build_step(cfg: Config, model, backbone, terms, step_var: tf.Variable, *, lr
                                    fused=fused)
     jit = cfg.train.jit_compile if jit_compile is None else jit_compile
     step = TrainStep(model, optimizer, terms, variables=variables, taps=taps,
-                     loss_scale=loss_scale, jit_compile=jit, strategy=strategy)
+                     loss_scale=loss_scale, jit_compile=jit, strategy=strategy,
+                     label_smoothing=cfg.train.label_smoothing)
     return optimizer, step

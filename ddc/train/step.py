@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from ddc.align import StepInputs
+from ddc.losses import source_cross_entropy
 
 SUM, MEAN = tf.distribute.ReduceOp.SUM, tf.distribute.ReduceOp.MEAN
 
@@ -42,6 +43,7 @@ class TrainStep:
             the terms' own).
         taps: names of the model's extra outputs, in order.
         loss_scale: the optimizer is a ``LossScaleOptimizer`` (mixed float16).
+        label_smoothing: eps of the source cross-entropy's smoothed targets (0: plain).
         jit_compile: compile the step with XLA.
         strategy: the ``tf.distribute`` strategy the model was built under (default: none).
 
@@ -51,8 +53,10 @@ class TrainStep:
     BASE_OUTPUTS = ("cls_loss", "total_loss", "source_acc", "feature_norm")
 
     def __init__(self, model: keras.Model, optimizer, terms=(), *, variables=None, taps=(),
-                 loss_scale: bool = False, jit_compile: bool = False, strategy=None):
+                 loss_scale: bool = False, jit_compile: bool = False, strategy=None,
+                 label_smoothing: float = 0.0):
         self.model, self.optimizer, self.terms = model, optimizer, list(terms)
+        self.label_smoothing = float(label_smoothing)
         self.taps = tuple(taps)
         self.use_target = any(t.needs_target for t in self.terms)
         self.loss_scale = loss_scale
@@ -100,7 +104,7 @@ class TrainStep:
             x = tf.concat([x_s, x_t], axis=0) if self.use_target else x_s
             outs = self.model(x, training=True)
             logits_s = tf.cast(outs[0][:n], tf.float32)
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels_s, logits=logits_s)
+            ce = source_cross_entropy(labels_s, logits_s, self.label_smoothing)
             cls_part = tf.reduce_sum(ce) / global_n  # this replica's share of the global mean
             loss = cls_part
             if self.terms:
