@@ -161,48 +161,58 @@ def main(argv: list[str] | None = None) -> str:
 
 def _run_grid(args, cells, seeds, runs, out_md, out_json, command, trained=None) -> str:
     """Trains the cells in order (only those in ``trained`` if given, the others are read back
-    like ``--no-train``'s) and writes the report after each, its cells in the grid's order."""
+    like ``--no-train``'s) and writes the report after each, its cells in the grid's order.
+
+    The cells that train nothing (read back from their finished runs or ``--reuse``) are
+    gathered first, so every report written during a long run holds the whole grid: an
+    interrupted run never leaves a report, or a ``results.json`` that a later ``--reuse``
+    reads, with fewer cells than it started from."""
     t_start = time.time()
     order = {c.id: i for i, c in enumerate(
         grid.build_grid(args.quick, None, []))}  # the report's order: the grid's
     summaries = []
     total = len(cells) * len(seeds)
     reusable, origin = run.load_reusable(args.reuse)
-    text = ""
     missing_peer = None
     if any(c.method.peer for c in cells):
         from benchmarks import adapt_cells
         missing_peer = adapt_cells.available()
+
+    def run_seeds(i, cell):
+        results = []
+        for j, seed in enumerate(seeds):
+            print(f"[accuracy {i * len(seeds) + j + 1}/{total}, {time.time() - t_start:.0f} s] "
+                  f"{cell.id} seed {seed}", file=sys.stderr, flush=True)
+            results.append(run.run_cell_seed(cell, seed, runs, Path(args.data_root),
+                                             Path(args.weights_root), args.rescore))
+        return run.summarize(cell, results)
+
+    to_train = []
     for i, cell in enumerate(cells):
         finished = run.has_finished_runs(cell, seeds, runs)
         if cell.method.peer and missing_peer and not finished:
             print(f"[accuracy] {cell.id}: skipped, ADAPT is not installed ({missing_peer}; see "
                   "benchmarks/adapt_cells.py)", file=sys.stderr, flush=True)
             continue
-        # this invocation's own finished runs win over --reuse
-        prior = (run.reused_summary(cell, seeds, reusable, origin)
-                 if cell.id in reusable and not finished else None)
-        no_train = args.no_train or (trained is not None and cell.id not in trained)
-        if no_train and prior is None and not finished:
+        if finished:  # this invocation's own finished runs win over --reuse
+            summaries.append(run_seeds(i, cell))  # read back (rescored if asked), not trained
             continue
+        prior = run.reused_summary(cell, seeds, reusable, origin) if cell.id in reusable else None
         if prior is not None:
             print(f"[accuracy {i * len(seeds) + 1}/{total}] {cell.id}: read back from {origin}",
                   file=sys.stderr, flush=True)
             summaries.append(prior)
-        else:
-            results = []
-            for j, seed in enumerate(seeds):
-                k = i * len(seeds) + j + 1
-                print(f"[accuracy {k}/{total}, {time.time() - t_start:.0f} s] {cell.id} seed "
-                      f"{seed}", file=sys.stderr, flush=True)
-                results.append(run.run_cell_seed(cell, seed, runs, Path(args.data_root),
-                                                 Path(args.weights_root), args.rescore))
-            summaries.append(run.summarize(cell, results))
+        elif not (args.no_train or (trained is not None and cell.id not in trained)):
+            to_train.append((i, cell))
+    text = ""
+    for i, cell in to_train:
+        summaries.append(run_seeds(i, cell))
         summaries.sort(key=lambda s: order.get(s["id"], len(order)))
         # written after every cell, so a long grid's partial results can be read (and resumed)
         text = report._write_report(args, cells, seeds, summaries, out_md, out_json,
                                     command, time.time() - t_start)
-    if args.no_train or not text:  # the report of what is there, even if nothing is
+    if not text:  # nothing trained: the report of what is there, even if nothing is
+        summaries.sort(key=lambda s: order.get(s["id"], len(order)))
         text = report._write_report(args, cells, seeds, summaries, out_md, out_json,
                                     command, time.time() - t_start)
     return text

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import DATA_ROOT, WEIGHTS_ROOT
 
-from benchmarks import accuracy, accuracy_report
+from benchmarks import accuracy, accuracy_report, accuracy_run
 
 needs_digits = pytest.mark.skipif(not (DATA_ROOT / "usps").is_dir()
                                   or not (DATA_ROOT / "mnist_test").is_dir(),
@@ -396,6 +396,26 @@ def test_a_registry_cell_runs_end_to_end_beside_source_only(tmp_path):
     assert [c["target_acc"] for c in again] == [cells[c["id"]]["target_acc"] for c in again]
     assert [c["run_dirs"] for c in again] == [cells[c["id"]]["run_dirs"] for c in again]
     assert "usps_mnist/source_only" in _rows(md)
+    # an invocation stopped in its second trained cell has written, after its first, a report
+    # of the whole grid: the finished cells read back before anything trained, and the new one
+    real = accuracy_run.run_cell_seed
+
+    def stop_at_im(cell, *a, **k):
+        if cell.method.name == "im_lam1":
+            raise KeyboardInterrupt
+        return real(cell, *a, **k)
+
+    two = args[:args.index("--only") + 1] + ["usps_mnist/mcc_lam1,usps_mnist/im_lam1"] + args[
+        args.index("--only") + 2:]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(accuracy_run, "run_cell_seed", stop_at_im)
+        with pytest.raises(KeyboardInterrupt):
+            accuracy.main(two)
+    left = json.loads((runs / "results.json").read_text())["cells"]
+    assert [c["id"] for c in left] == ["usps_mnist/source_only", "usps_mnist/mcc_lam1",
+                                       "usps_mnist/cdan_lam1"]
+    assert [c["target_acc"] for c in left if c["id"] in cells] == [
+        cells[c["id"]]["target_acc"] for c in left if c["id"] in cells]
 
 
 def test_reuse_rejects_a_file_that_is_not_a_results_file(tmp_path):
