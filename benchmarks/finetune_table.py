@@ -66,6 +66,12 @@ VARIANTS = {
                         "train.tta=true", "train.steps=1500", "train.eval_every=1500",
                         "train.checkpoint_every=1500", "train.log_every=100",
                         "name=siri_whu_partial_224_d4"]),
+    # ... with label smoothing 0.1 on the training cross-entropy (SHOT's value, not tuned)
+    "partial_224_d4_ls": ("configs/siri_whu_reference.json",
+                          ['mode="features"', "data.image_size=224", 'data.augment="d4"',
+                           "train.tta=true", "train.steps=1500", "train.eval_every=1500",
+                           "train.checkpoint_every=1500", "train.log_every=100",
+                           "train.label_smoothing=0.1", "name=siri_whu_partial_224_d4_ls"]),
 }
 DESCRIPTIONS = {
     "features": "feature extractor: softmax regression on cached pooled features",
@@ -75,8 +81,14 @@ DESCRIPTIONS = {
     "features_224_d4": "feature extractor at 224 px, D4 views in training",
     "features_224_d4_long": "the same, 4500 steps",
     "partial_224_d4": "partial at 224 px with D4 views, 1500 steps (frozen part cached)",
+    "partial_224_d4_ls": "the same, label smoothing 0.1",
 }
-START, END = "<!-- finetune-table:start -->", "<!-- finetune-table:end -->"
+def markers(block: str = "") -> tuple[str, str]:
+    """The comments around a generated table: ``--block NAME`` writes its own table beside the
+    main one (``finetune-table-NAME``), so a later study does not rerun the main table's runs."""
+    name = "finetune-table" + (f"-{block}" if block else "")
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
 
 
 def run_one(variant: str, seed: int, args) -> dict:
@@ -114,8 +126,9 @@ def _ms(values) -> str:
     return f"{v.mean():.3f} ± {std:.3f}"
 
 
-def render(rows: dict, seeds: list, command: str, total_s: float) -> str:
-    lines = [START, "",
+def render(rows: dict, seeds: list, command: str, total_s: float, block: str = "") -> str:
+    start, end = markers(block)
+    lines = [start, "",
              f"Command: `{command}`", "",
              f"Seeds {', '.join(map(str, seeds))}; mean ± sample standard deviation over seeds. "
              "Test = the 80% held-out split of each seed.", "",
@@ -133,16 +146,17 @@ def render(rows: dict, seeds: list, command: str, total_s: float) -> str:
             f"| {np.mean([r['wall_s'] for r in runs]):.0f} s |")
     lines += ["", f"Total wall time of the runs: {total_s / 60:.1f} min (each run from loading "
               "the data to its test evaluation, on a CPU shared with other "
-              "jobs; reused runs count with their own time).", "", END]
+              "jobs; reused runs count with their own time).", "", end]
     return "\n".join(lines)
 
 
-def write_table(out: Path, table: str) -> None:
-    text = out.read_text() if out.exists() else f"# Finetuning on SIRI-WHU\n\n{START}\n{END}\n"
-    if START not in text or END not in text:
-        text = text.rstrip() + f"\n\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1]
+def write_table(out: Path, table: str, block: str = "") -> None:
+    start, end = markers(block)
+    text = out.read_text() if out.exists() else f"# Finetuning on SIRI-WHU\n\n{start}\n{end}\n"
+    if start not in text or end not in text:
+        text = text.rstrip() + f"\n\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
     out.write_text(head + table + tail)
 
 
@@ -157,6 +171,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override every variant's config (e.g. train.steps=50 for a smoke run)")
     p.add_argument("--out", default=str(REPO / "docs" / "FINETUNE.md"))
+    p.add_argument("--block", default="", help="write the table between its own markers "
+                   "(finetune-table-BLOCK), appended to --out the first time, leaving the main "
+                   "table as it is")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--restart", action="store_true", help="recompute finished runs")
     args = p.parse_args(argv)
@@ -172,11 +189,11 @@ def main(argv=None) -> int:
                   f"{r['mean_class_acc']:.4f}, {r['wall_s']:.0f} s", flush=True)
             rows[variant].append(r)
     total = sum(r["wall_s"] for runs in rows.values() for r in runs)
-    table = render(rows, args.seeds, command.strip(), total)
+    table = render(rows, args.seeds, command.strip(), total, args.block)
     print(table)
     print(f"(this invocation: {(time.time() - t0) / 60:.1f} min)")
     if not args.no_write:
-        write_table(Path(args.out), table)
+        write_table(Path(args.out), table, args.block)
     return 0
 
 

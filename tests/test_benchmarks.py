@@ -282,3 +282,27 @@ def test_gpu_check_script_parses():
     script = REPO / "benchmarks" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     assert "benchmarks/bench_precision.py" in script.read_text()
+
+
+def test_finetune_table_block_is_written_beside_the_main_table(tmp_path):
+    """``--block`` adds its own generated table after the main one and later replaces only
+    its own: the main table's text, and what is written around both, stay as they were."""
+    from benchmarks import finetune_table as ft
+    doc = tmp_path / "F.md"
+    doc.write_text("intro\n<!-- finetune-table:start -->\nMAIN\n<!-- finetune-table:end -->\n"
+                   "reading\n")
+    ft.write_table(doc, "<!-- finetune-table-ls:start -->\nLS 1\n<!-- finetune-table-ls:end -->",
+                   block="ls")
+    first = doc.read_text()
+    assert first.startswith("intro\n<!-- finetune-table:start -->\nMAIN\n")
+    assert first.index("reading") < first.index("LS 1")
+    ft.write_table(doc, "<!-- finetune-table-ls:start -->\nLS 2\n<!-- finetune-table-ls:end -->",
+                   block="ls")
+    assert doc.read_text() == first.replace("LS 1", "LS 2")
+    ft.write_table(doc, "<!-- finetune-table:start -->\nMAIN 2\n<!-- finetune-table:end -->")
+    assert doc.read_text() == first.replace("LS 1", "LS 2").replace("MAIN\n", "MAIN 2\n")
+    rows = {"partial_224_d4_ls": [{"acc": 0.9, "acc_tta": 0.91, "mean_class_acc": 0.9,
+                                   "trainable_params": 10, "steps": 5, "wall_s": 1.0}]}
+    table = ft.render(rows, [0], "cmd", 1.0, block="ls")
+    assert table.startswith(ft.markers("ls")[0]) and table.endswith(ft.markers("ls")[1])
+    assert "| 0.900 ± 0.000 | 0.910 ± 0.000 |" in table
