@@ -190,14 +190,14 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command, trained=None)
     to_train = []
     for i, cell in enumerate(cells):
         finished = run.has_finished_runs(cell, seeds, runs)
-        if cell.method.peer and missing_peer and not finished:
-            print(f"[accuracy] {cell.id}: skipped, ADAPT is not installed ({missing_peer}; see "
-                  "benchmarks/adapt_cells.py)", file=sys.stderr, flush=True)
-            continue
         if finished:  # this invocation's own finished runs win over --reuse
             summaries.append(run_seeds(i, cell))  # read back (rescored if asked), not trained
             continue
         prior = run.reused_summary(cell, seeds, reusable, origin) if cell.id in reusable else None
+        if prior is None and cell.method.peer and missing_peer:
+            print(f"[accuracy] {cell.id}: skipped, ADAPT is not installed ({missing_peer}; see "
+                  "benchmarks/adapt_cells.py)", file=sys.stderr, flush=True)
+            continue
         if prior is not None:
             print(f"[accuracy {i * len(seeds) + 1}/{total}] {cell.id}: read back from {origin}",
                   file=sys.stderr, flush=True)

@@ -308,15 +308,22 @@ def reductions(cells: list[grid.Cell], summaries: list[dict], seeds: list[int],
                      f"run: {', '.join(missing)}")
     if seeds != [0, 1, 2]:
         lines.append(f"seeds: {', '.join(map(str, seeds))} (the full grid uses 0, 1, 2)")
+    # steps: each cell against the grid's own for it (its base config's, or its variant's
+    # train.steps), so a variant that trains longer by design is not reported as a change
+    expected = {}
+    for c in grid.build_grid(False, None, []):
+        base = json.loads((grid.REPO / c.task.base).read_text()).get("train", {}).get("steps", 1000)
+        set_steps = [o for o in c.task.overrides + c.own if o.startswith("train.steps=")]
+        expected[c.id] = int(set_steps[-1].split("=", 1)[1]) if set_steps else base
     for task in grid.TASKS:
-        rows = [s for s in summaries if s["task"] == task.name]
-        if not rows:
-            continue
-        base = json.loads((grid.REPO / task.base).read_text()).get("train", {}).get("steps", 1000)
-        steps = sorted({n for s in rows for n in s["steps"]})
-        if steps != [base]:
-            lines.append(f"{task.name}: {'/'.join(map(str, steps))} training steps instead of "
-                         f"the base config's {base}")
+        off = {}  # (steps trained, the grid's) -> cells
+        for s in summaries:
+            if s["task"] == task.name and set(s["steps"]) != {expected.get(s["id"])}:
+                key = ("/".join(map(str, sorted(set(s["steps"])))), expected.get(s["id"]))
+                off.setdefault(key, []).append(s["id"])
+        for (trained_steps, grid_steps), ids in off.items():
+            lines.append(f"{task.name}: {len(ids)} cell(s) trained for {trained_steps} steps "
+                         f"instead of the grid's {grid_steps}: {', '.join(ids)}")
     return lines
 
 

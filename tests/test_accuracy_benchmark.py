@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA_ROOT, WEIGHTS_ROOT
+from conftest import DATA_ROOT, REPO, WEIGHTS_ROOT
 
 from benchmarks import accuracy, accuracy_report, accuracy_run
 
@@ -455,3 +455,34 @@ def test_no_train_reports_what_is_there_and_trains_nothing(tmp_path):
     total = len(accuracy.build_grid(quick=False, only=None, extra=[]))
     assert out.read_text() == text and f"0 of {total} cells done" in text
     assert not (tmp_path / "runs" / "usps_mnist").exists()
+
+
+def test_the_committed_results_are_reported_whole_by_no_train_reuse(tmp_path):
+    """``--no-train --reuse docs/results.json`` on a machine with no run directories (and,
+    in CI, without ADAPT) reports every cell of the committed file: ADAPT's peer cells are read
+    back, not skipped for want of the package."""
+    committed = REPO / "docs" / "results.json"
+    before = json.loads(committed.read_text())
+    out = tmp_path / "R.md"
+    accuracy.main(["--no-train", "--seeds", ",".join(map(str, before["seeds"])), "--reuse",
+                   str(committed), "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    after = json.loads((tmp_path / "results.json").read_text())
+    assert [c["id"] for c in after["cells"]] == [c["id"] for c in before["cells"]]
+    assert any(c["id"].endswith("/adapt_cdan") for c in after["cells"])
+    assert [c["target_acc"] for c in after["cells"]] == [c["target_acc"] for c in before["cells"]]
+
+
+def test_reductions_compare_each_cells_steps_with_the_grids_own_for_it():
+    """A variant that trains 3000 steps by design is not a reduction; a cell trained for other
+    steps than the grid gives it (--steps, --quick) is named with both counts."""
+    def s(cell_id, steps):
+        return {"id": cell_id, "task": cell_id.split("/")[0], "steps": steps}
+    summaries = [s("siri_whu_aid/frozen/source_only", [1000, 1000, 1000]),
+                 s("siri_whu_aid/frozen_224_d4_3000/source_only", [3000, 3000, 3000])]
+    assert not [l for l in accuracy_report.reductions([], summaries, [0, 1, 2], False)
+                if "steps" in l]
+    summaries.append(s("siri_whu_aid/frozen_224_d4_3000/mcc_lam1", [200, 200, 200]))
+    steps = [l for l in accuracy_report.reductions([], summaries, [0, 1, 2], False)
+             if "steps" in l]
+    assert steps == ["siri_whu_aid: 1 cell(s) trained for 200 steps instead of the grid's "
+                     "3000: siri_whu_aid/frozen_224_d4_3000/mcc_lam1"]
