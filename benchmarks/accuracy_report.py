@@ -355,11 +355,18 @@ def _write_report(args, cells, seeds, summaries, out_md, out_json, command,
     picks = model_selection(summaries)
     reading = Path(args.reading).read_text() if getattr(args, "reading", None) else ""
     text = render(summaries, checks, command, _machine(), date, notes, picks, reading)
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(text)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps({"command": command, "date": date, "machine": _machine(),
-                                    "hyperparameter_rule": grid.HYPERPARAMETER_RULE,
-                                    "seeds": seeds, "cells": summaries, "bars": checks,
-                                    "model_selection": picks}, indent=1))
+    _write_whole(out_md, text)
+    _write_whole(out_json, json.dumps({"command": command, "date": date, "machine": _machine(),
+                                       "hyperparameter_rule": grid.HYPERPARAMETER_RULE,
+                                       "seeds": seeds, "cells": summaries, "bars": checks,
+                                       "model_selection": picks}, indent=1))
     return text
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Writes under a temporary name, then renames: the report and the results file that a
+    later ``--reuse`` reads (often the same path as this run's ``--reuse``) are never torn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -470,6 +470,7 @@ def test_the_committed_results_are_reported_whole_by_no_train_reuse(tmp_path):
     assert [c["id"] for c in after["cells"]] == [c["id"] for c in before["cells"]]
     assert any(c["id"].endswith("/adapt_cdan") for c in after["cells"])
     assert [c["target_acc"] for c in after["cells"]] == [c["target_acc"] for c in before["cells"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["R.md", "results.json"]  # no temporary
 
 
 def test_reductions_compare_each_cells_steps_with_the_grids_own_for_it():
