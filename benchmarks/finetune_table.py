@@ -81,7 +81,7 @@ DESCRIPTIONS = {
     "features_224_d4": "feature extractor at 224 px, D4 views in training",
     "features_224_d4_long": "the same, 4500 steps",
     "partial_224_d4": "partial at 224 px with D4 views, 1500 steps (frozen part cached)",
-    "partial_224_d4_ls": "the same, label smoothing 0.1",
+    "partial_224_d4_ls": "partial_224_d4 with label smoothing 0.1 (SHOT's value, fixed before its runs)",
 }
 def markers(block: str = "") -> tuple[str, str]:
     """The comments around a generated table: ``--block NAME`` writes its own table beside the
