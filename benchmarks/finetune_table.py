@@ -81,14 +81,16 @@ DESCRIPTIONS = {
     "features_224_d4": "feature extractor at 224 px, D4 views in training",
     "features_224_d4_long": "the same, 4500 steps",
     "partial_224_d4": "partial at 224 px with D4 views, 1500 steps (frozen part cached)",
-    "partial_224_d4_ls": "partial_224_d4 with label smoothing 0.1 (SHOT's value, fixed before its runs)",
+    "partial_224_d4_ls": ("partial_224_d4 with label smoothing 0.1 (SHOT's value, fixed before "
+                          "its runs)"),
 }
+
+
 def markers(block: str = "") -> tuple[str, str]:
     """The comments around a generated table: ``--block NAME`` writes its own table beside the
     main one (``finetune-table-NAME``), so a later study does not rerun the main table's runs."""
     name = "finetune-table" + (f"-{block}" if block else "")
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-
 
 
 def run_one(variant: str, seed: int, args) -> dict:
