@@ -310,9 +310,11 @@ def reductions(cells: list[grid.Cell], summaries: list[dict], seeds: list[int],
         lines.append(f"seeds: {', '.join(map(str, seeds))} (the full grid uses 0, 1, 2)")
     # steps: each cell against the grid's own for it (its base config's, or its variant's
     # train.steps), so a variant that trains longer by design is not reported as a change
+    base_steps = {t.name: json.loads((grid.REPO / t.base).read_text()).get("train", {}).get(
+        "steps", 1000) for t in grid.TASKS}
     expected = {}
     for c in grid.build_grid(False, None, []):
-        base = json.loads((grid.REPO / c.task.base).read_text()).get("train", {}).get("steps", 1000)
+        base = base_steps[c.task.name]
         set_steps = [o for o in c.task.overrides + c.own if o.startswith("train.steps=")]
         expected[c.id] = int(set_steps[-1].split("=", 1)[1]) if set_steps else base
     for task in grid.TASKS:
@@ -364,9 +366,8 @@ def _write_report(args, cells, seeds, summaries, out_md, out_json, command,
 
 
 def _write_whole(path: Path, text: str) -> None:
-    """Writes under a temporary name, then renames: the report and the results file that a
-    later ``--reuse`` reads (often the same path as this run's ``--reuse``) are never torn."""
+    """The report and the results file that a later ``--reuse`` reads (often the same path as
+    this run's ``--reuse``), never torn: ``ddc.train.rundir.write_text_atomic``."""
+    from ddc.train.rundir import write_text_atomic
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)

@@ -43,13 +43,13 @@ class RunError(RuntimeError):
     """A run that cannot start or go on; the message says why and what to do."""
 
 
-def write_json_atomic(path: Path, data) -> None:
-    """Writes JSON to a temporary name in the same folder, then renames: never half-written."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to a temporary name in the same folder, then renames: never half-written."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,6 +59,12 @@ def write_json_atomic(path: Path, data) -> None:
         except OSError:
             pass
         raise
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """``data`` as JSON (indent 2; numpy scalars and arrays as numbers and lists), written
+    by ``write_text_atomic``."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default))
 
 
 def _json_default(o):
