@@ -1,7 +1,7 @@
 """Run in a subprocess by test_distribute.py: one vs two replicas on two logical CPUs.
 
 argv[1]: a JSON list of ``align`` mappings (default: ``[{"mmd": {"weight": 1.0}}]``). Prints one
-JSON line: for each mapping, the per-step outputs of both runs (cls_loss, total_loss,
+JSON line (env ADAPT_BN=1: the network with ``model.adapt_bn``): for each mapping, the per-step outputs of both runs (cls_loss, total_loss,
 source_acc, then each term's value) and the largest weight difference.
 """
 
@@ -28,12 +28,13 @@ from ddc.train.optim import make_optimizer  # noqa: E402
 from ddc.train.step import TrainStep  # noqa: E402
 
 SPECS = json.loads(sys.argv[1]) if len(sys.argv) > 1 else [{"mmd": {"weight": 1.0}}]
+MODEL = ModelConfig(backbone="lenet", adapt_width=16, adapt_bn=os.environ.get("ADAPT_BN") == "1")
 rng = np.random.default_rng(0)
 xs = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
 ys = rng.integers(0, 3, 40).astype(np.int32)
 xt = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
 keras.utils.set_random_seed(0)
-init = build_network(ModelConfig(backbone="lenet", adapt_width=16), (16, 16, 3), 3, None)
+init = build_network(MODEL, (16, 16, 3), 3, None)
 init_weights = [w.numpy() for w in init.model.weights]
 
 
@@ -42,8 +43,7 @@ def run(kind: str, spec: dict):
     with strategy.scope():
         terms = terms_for(spec, feature_dim=16, num_classes=3)
         taps = network_layers(terms)
-        net = build_network(ModelConfig(backbone="lenet", adapt_width=16), (16, 16, 3), 3, None,
-                            taps)
+        net = build_network(MODEL, (16, 16, 3), 3, None, taps)
         for w, v in zip(net.model.weights, init_weights):
             w.assign(v)
         variables = net.model.trainable_variables + [v for t in terms for v in t.trainable_variables]

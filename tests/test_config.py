@@ -60,6 +60,7 @@ def test_shipped_configs_load(name):
     ("align.mmd.multipliers", [], "align.mmd.multipliers: expected a non-empty list"),
     ("align.jmmd.multipliers", [1, -1], "align.jmmd.multipliers: expected a non-empty list"),
     ("model.freeze.mode", "half", "model.freeze.mode: expected one of"),
+    ("model.adapt_bn", "yes", "model.adapt_bn: expected true or false"),
     ("data.source", "x", "data.source: expected an object"),
 ])
 def test_bad_values_name_the_key(path, value, expect):
@@ -67,6 +68,15 @@ def test_bad_values_name_the_key(path, value, expect):
         from_dict(with_(path, value))
     assert str(e.value).startswith(expect), str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_adapt_bn_needs_an_adaptation_layer():
+    d = with_("model.adapt_width", 0)
+    d["model"]["adapt_bn"] = True
+    with pytest.raises(ConfigError, match=r"^model.adapt_bn: expected false without an "):
+        from_dict(d)
+    d["model"]["adapt_width"] = 8
+    assert from_dict(d).model.adapt_bn is True
 
 
 def test_estimator_batch_rules():

@@ -19,17 +19,29 @@ SPECS = [{name: {"weight": 1.0}} for name in REGISTRY] + [
 ]
 
 
-def _worker(specs, steps, per_call=1):
+def _worker(specs, steps, per_call=1, adapt_bn=False):
     r = subprocess.run([sys.executable, str(REPO / "tests" / "distributed_worker.py"),
                         json.dumps(specs)], capture_output=True, text=True, timeout=900,
                        env=dict(os.environ, PYTHONPATH=str(REPO), STEPS=str(steps),
-                                STEPS_PER_CALL=str(per_call)))
+                                STEPS_PER_CALL=str(per_call), ADAPT_BN=str(int(adapt_bn))))
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def test_one_and_two_replicas_agree_for_every_term():
-    for out in _worker(SPECS, steps=2):
+    _assert_replicas_agree(_worker(SPECS, steps=2))
+
+
+def test_one_and_two_replicas_agree_with_a_batchnorm_in_the_head():
+    """``model.adapt_bn``: each replica holds half of the source and half of the target rows;
+    the BatchNorm's statistics are the global batch's, as on one replica (and its moving
+    statistics, among the weights compared, agree)."""
+    _assert_replicas_agree(_worker([{"mmd": {"weight": 1.0}, "mcc": {"weight": 0.5}}], steps=3,
+                                   adapt_bn=True))
+
+
+def _assert_replicas_agree(outs):
+    for out in outs:
         spec = out["spec"]
         assert out["replicas"] == [1, 2]
         # same global batch -> same cross-entropy, same term values (inputs gathered), accuracy

@@ -241,6 +241,7 @@ def _keep_checkpoints_up_to(workdir: Path, step: int) -> None:
 @pytest.mark.parametrize("changes", [
     pytest.param({}, id="plain"),
     pytest.param({"model": {"dropout": 0.5}}, id="dropout"),
+    pytest.param({"model": {"adapt_bn": True}}, id="adapt_bn"),
     pytest.param({"train": {"head_only_steps": 3, "optimizer": "sgd", "checkpoint_every": 3}},
                  id="two_stage_at_switch"),
 ])

@@ -14,15 +14,20 @@ def _own_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("DDC_CACHE_DIR", str(tmp_path / "cache"))  # the feature cache too
 
 
-@pytest.mark.parametrize("freeze,augment", [({"mode": "until", "layer": "pool1"}, False),
-                                            ({"mode": "backbone"}, False),
-                                            ({"mode": "until", "layer": "pool1"}, "d4"),
-                                            ({"mode": "backbone"}, True)])
-def test_features_mode_matches_full_network_mode(tmp_path, tiny_trees, freeze, augment):
+@pytest.mark.parametrize("freeze,augment,adapt_bn", [
+    ({"mode": "until", "layer": "pool1"}, False, False),
+    ({"mode": "backbone"}, False, False),
+    ({"mode": "until", "layer": "pool1"}, "d4", False),
+    ({"mode": "backbone"}, True, False),
+    ({"mode": "backbone"}, "d4", True)])
+def test_features_mode_matches_full_network_mode(tmp_path, tiny_trees, freeze, augment,
+                                                 adapt_bn):
     """Also with augmentation: mode "features" picks the precomputed features of the view that
-    mode "train" applies to the image (the same draw), so both train the same model."""
+    mode "train" applies to the image (the same draw), so both train the same model; also with
+    a BatchNorm in the head (its moving statistics are in the checkpoints compared)."""
     base = tiny_config(*tiny_trees, steps=5, optimizer="sgd", lr=0.05)
     base["model"]["freeze"] = freeze
+    base["model"]["adapt_bn"] = adapt_bn
     base["data"]["augment"] = augment
     base["deterministic"] = True
     full = train_and_evaluate(from_dict(base), tmp_path / "full")

@@ -15,12 +15,14 @@ from ddc.train.optim import make_optimizer
 from ddc.train.step import TrainStep
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_step_trains_and_keeps_float32_losses(policy):
+@pytest.mark.parametrize("policy,adapt_bn", [("mixed_float16", False), ("mixed_bfloat16", False),
+                                             ("mixed_float16", True)])
+def test_mixed_step_trains_and_keeps_float32_losses(policy, adapt_bn):
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(0)
-        net = build_network(ModelConfig(backbone="lenet", adapt_width=32), (16, 16, 3), 3, None)
+        net = build_network(ModelConfig(backbone="lenet", adapt_width=32, adapt_bn=adapt_bn),
+                            (16, 16, 3), 3, None)
         logits, feats = net.model(np.zeros((2, 16, 16, 3), np.uint8))
         assert logits.dtype == tf.float32 and feats.dtype == tf.as_dtype(policy.split("_")[1])
         loss_scale = policy == "mixed_float16"
@@ -47,6 +49,8 @@ def test_mixed_step_trains_and_keeps_float32_losses(policy):
         # e.g. the fused vs Keras update, or op determinism on or off).
         assert min(losses) < 0.25 * float(first["cls_loss"])
         assert float(first["align/mmd"]) > 0
+        for v in net.model.weights:   # BatchNorm's statistics too: float32 variables
+            assert v.dtype == "float32", v.path
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

@@ -22,9 +22,10 @@ def _batch(n=8, size=16, classes=3, seed=0):
     return xs, ys, xt
 
 
-def _net(backbone="lenet", size=16, classes=3):
+def _net(backbone="lenet", size=16, classes=3, **model):
     keras.utils.set_random_seed(1)
-    return build_network(ModelConfig(backbone=backbone, adapt_width=8), (size, size, 3), classes, None)
+    return build_network(ModelConfig(backbone=backbone, adapt_width=8, **model), (size, size, 3),
+                         classes, None)
 
 
 def _mmd(weight, width=8):
@@ -108,3 +109,45 @@ def test_label_smoothing_step_trains_on_smoothed_targets():
                                                        tf.float32))
     for a, v, g in zip(net.model.trainable_variables, ref.model.trainable_variables, grads):
         np.testing.assert_allclose(a.numpy(), v.numpy() - lr * g.numpy(), rtol=2e-5, atol=2e-6)
+
+
+def test_adapt_bn_normalises_over_source_and_target_together():
+    """``model.adapt_bn``: the step's features are relu(BatchNorm(Dense(pooled))) with the
+    statistics of the source and target rows together (numpy, by hand), the step moves the
+    moving statistics towards that batch's, and evaluation normalises with them."""
+    net = _net(adapt_bn=True)
+    head = net.head
+    dense, bn = head.get_layer("adapt_linear"), head.get_layer("adapt_bn")
+    w, b = (v.numpy().astype(np.float64) for v in dense.weights)
+    xs, ys, xt = _batch()
+    x = np.concatenate([xs, xt])
+    pooled = net.backbone(net.preprocess(x)).numpy().astype(np.float64)
+    z = pooled @ w + b
+    mean, var = z.mean(0), z.var(0)          # biased, over all 16 rows
+
+    def relu_bn(mu, v):
+        gamma, beta = bn.gamma.numpy(), bn.beta.numpy()
+        return np.maximum(gamma * (z - mu) / np.sqrt(v + bn.epsilon) + beta, 0.0)
+
+    _, feats = net.model(x, training=True)
+    np.testing.assert_allclose(feats.numpy(), relu_bn(mean, var), rtol=1e-4, atol=1e-5)
+    # per-domain statistics would give other features: the check above can tell them apart
+    own = np.concatenate([relu_bn(z[:8].mean(0), z[:8].var(0))[:8],
+                          relu_bn(z[8:].mean(0), z[8:].var(0))[8:]])
+    assert np.abs(own - relu_bn(mean, var)).max() > 1e-2
+
+    step_var = tf.Variable(0, dtype=tf.int64)
+    opt = make_optimizer(TrainConfig(optimizer="sgd", lr=0.0), step_var,
+                         net.model.trainable_variables, [], 1.0, False)
+    m0, v0 = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    TrainStep(net.model, opt, _mmd(1.0))(xs, ys, xt, [1.0])
+    mom = bn.momentum   # Keras keeps the biased batch variance in the moving average
+    np.testing.assert_allclose(bn.moving_mean.numpy(), mom * m0 + (1 - mom) * mean,
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), mom * v0 + (1 - mom) * var,
+                               rtol=1e-4, atol=1e-6)
+    _, feats_eval = net.model(x, training=False)
+    np.testing.assert_allclose(feats_eval.numpy(),
+                               relu_bn(bn.moving_mean.numpy(), bn.moving_variance.numpy()),
+                               rtol=1e-4, atol=1e-5)
+

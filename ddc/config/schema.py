@@ -74,6 +74,9 @@ class ModelConfig:
     alpha: float = 1.0                # width multiplier for mobilenet / mobilenet_v2
     head_hidden: int = 0              # >0: Dense(head_hidden, ReLU) before the adaptation layer
     adapt_width: int = 256            # 0: no adaptation layer (MMD on the pooled features)
+    # true: the adaptation layer is Dense -> BatchNorm -> ReLU (TLlib's bottleneck), its
+    # statistics over the step's source and target batch together; false: Dense + ReLU
+    adapt_bn: bool = False
     dropout: float = 0.0
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     # mode "features": each domain's features through the frozen part on BatchNorm statistics

@@ -49,6 +49,8 @@ def _check_model(cfg: Config) -> None:
     _check(model.alpha > 0, "model.alpha", "a number > 0", model.alpha)
     _check(model.head_hidden >= 0, "model.head_hidden", "an integer >= 0", model.head_hidden)
     _check(model.adapt_width >= 0, "model.adapt_width", "an integer >= 0", model.adapt_width)
+    _check(not model.adapt_bn or model.adapt_width > 0, "model.adapt_bn",
+           "false without an adaptation layer (model.adapt_width 0)", model.adapt_bn)
     _check(0.0 <= model.dropout < 1.0, "model.dropout", "a number in [0, 1)", model.dropout)
     _choice("model.freeze.mode", freeze.mode, FREEZE_MODES)
     if freeze.mode == "first_n":

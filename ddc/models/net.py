@@ -1,7 +1,7 @@
 """The DDC network: preprocessing, backbone, adaptation layer and classifier.
 
 ``image uint8 [B,H,W,C] -> preprocess -> backbone -> pooled [B,F] -> (Dense(head_hidden), ReLU)
--> adaptation Dense(adapt_width), ReLU = features [B,A] -> logits [B,K] (float32)``
+-> adaptation Dense(adapt_width), (BatchNorm,) ReLU = features [B,A] -> logits [B,K] (float32)``
 
 The network is three Keras models: ``backbone`` (preprocessed image to pooled features),
 ``head`` (pooled features to ``(logits, features)``), and ``model`` chaining preprocessing,
@@ -78,7 +78,13 @@ def build_head(cfg: ModelConfig, in_dim: int, num_classes: int, taps: tuple = ()
         x = layers.Dense(cfg.head_hidden, activation="relu", name="head_hidden")(x)
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="head_dropout")(x)
-    if cfg.adapt_width:
+    if cfg.adapt_width and cfg.adapt_bn:
+        # TLlib's bottleneck: the BatchNorm sees the step's source and target rows together,
+        # under tf.distribute those of every replica (the global batch, as on one device)
+        x = layers.Dense(cfg.adapt_width, name="adapt_linear")(x)
+        x = layers.BatchNormalization(synchronized=True, name="adapt_bn")(x)
+        x = layers.ReLU(name="adapt")(x)
+    elif cfg.adapt_width:
         x = layers.Dense(cfg.adapt_width, activation="relu", name="adapt")(x)
     features = x
     # Logits in float32 whatever the precision policy: softmax and cross-entropy need the range.
