@@ -433,7 +433,7 @@ def test_reuse_rejects_a_file_that_is_not_a_results_file(tmp_path):
 # the cell of docs/RESULTS.md whose recipe configs/siri_whu.json ships (the pick of the
 # label-free rule staged_bnm on SIRI-WHU -> AID), and configs/siri_whu_finetune.json its
 # source only
-SHIPPED = {"configs/siri_whu.json": "siri_whu_aid/frozen_224_d4_3000/mcc+im",
+SHIPPED = {"configs/siri_whu.json": "siri_whu_aid/frozen_224_d4_3000_bn/mcc+im",
            "configs/siri_whu_finetune.json": "siri_whu_aid/frozen_224_d4_3000/source_only"}
 # keys that change what a run logs, keeps or caches, not what it trains
 NOT_TRAINING = {"name", "seed", "data.cache", "data.cache_dir", "train.eval_every",
