@@ -1,8 +1,9 @@
 """Run in a subprocess by test_distribute.py: one vs two replicas on two logical CPUs.
 
 argv[1]: a JSON list of ``align`` mappings (default: ``[{"mmd": {"weight": 1.0}}]``). Prints one
-JSON line (env ADAPT_BN=1: the network with ``model.adapt_bn``): for each mapping, the per-step outputs of both runs (cls_loss, total_loss,
-source_acc, then each term's value) and the largest weight difference.
+JSON line: for each mapping, the per-step outputs of both runs (cls_loss, total_loss,
+source_acc, then each term's value) and the largest weight difference. Env ADAPT_BN=1: the
+network has ``model.adapt_bn``.
 """
 
 import json

@@ -226,8 +226,11 @@ def test_ctrl_c_while_importing_is_one_line_and_130(module, script, args, tmp_pa
     env = cli_env(tmp_path)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "fake"), str(REPO)])
     argv = [a.format(config=config, tmp=tmp_path) for a in args]
+    # Ctrl-C's default action in the child even when the suite itself runs as a background
+    # job (``&`` starts it with SIGINT ignored, and a child inherits that)
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), *argv], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and len(error_lines(proc.stderr)) == 1, proc.stderr
     assert "interrupted" in error_lines(proc.stderr)[0]
