@@ -150,4 +150,3 @@ def test_adapt_bn_normalises_over_source_and_target_together():
     np.testing.assert_allclose(feats_eval.numpy(),
                                relu_bn(bn.moving_mean.numpy(), bn.moving_variance.numpy()),
                                rtol=1e-4, atol=1e-5)
-
