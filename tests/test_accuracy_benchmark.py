@@ -60,7 +60,8 @@ def test_grid_covers_tasks_methods_and_variants():
                     | set(accuracy.COMBOS) | {m.name for m in accuracy.PEER_METHODS})
     assert not any(i.endswith("_lam0.1") for i in ids)
     assert {f"siri_whu_aid/frozen/{m}" for m in accuracy.FROZEN_METHODS} < ids
-    for variant in ("frozen_224_d4_3000_ls", "frozen_224_d4_3000_bn"):
+    for variant in ("frozen_224_d4_3000_ls", "frozen_224_d4_3000_bn",
+                    "frozen_224_d4_3000_ls_bn"):
         assert {c.method.name for c in cells if c.variant == variant} == set(accuracy.LS_METHODS)
     bn = next(c for c in cells if c.id == "usps_mnist/bn/mcc_lam1")
     assert "model.adapt_bn=true" in bn.overrides(0)
