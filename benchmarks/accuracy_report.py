@@ -75,7 +75,8 @@ def model_selection(summaries: list[dict]) -> list[dict]:
     def row(s):
         return {k: s.get(k) for k in ("id", "target_acc", "target_acc_std", "target_acc_tta",
                                       "source_val_acc", "target_snd", "target_entropy",
-                                      "target_pred_entropy", "target_bnm", "target_im")}
+                                      "target_pred_entropy", "target_bnm", "target_im",
+                                      "source_val_dev")}
 
     out = []
     for task in grid.TASKS:
@@ -256,10 +257,14 @@ def render(summaries: list[dict], checks: list[dict], command: str, machine: str
                   "`pred. class entropy` is the entropy (nats) of the target's predicted-class "
                   "distribution (log 11 = 2.398 for 11 classes used equally; 0: one class); "
                   "`BNM` the nuclear norm of the target softmax matrix over the number of "
-                  "samples, `IM` the information-maximisation score (nats).", "",
+                  "samples, `IM` the information-maximisation score (nats), `DEV` deep embedded "
+                  "validation (an estimate of the target cross-entropy from the source "
+                  "validation set; lower is better; only runs trained or rescored since DEV "
+                  "existed have it, and the rules `dev` and `staged_dev` choose among those).",
+                  "",
                   "| task | rule | candidates | picked cell | target acc | with D4 TTA | src val | "
-                  "SND | BNM | IM | entropy | pred. class entropy | best cell (not used) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "SND | BNM | IM | DEV | entropy | pred. class entropy | best cell (not used) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in picks:
             b = p["best_cell"]
             mark = "**" if p["rule"] == DEFAULT_RULE else ""
@@ -268,7 +273,8 @@ def render(summaries: list[dict], checks: list[dict], command: str, machine: str
                 f"{mark}{_pct(p['target_acc'], p['target_acc_std'])}{mark} | "
                 f"{_pct(p['target_acc_tta'])} | {_pct(p['source_val_acc'])} | "
                 f"{p['target_snd']:.3f} | {_num(p.get('target_bnm'), '.4f')} | "
-                f"{_num(p.get('target_im'))} | {p['target_entropy']:.3f} | "
+                f"{_num(p.get('target_im'))} | {_num(p.get('source_val_dev'))} | "
+                f"{p['target_entropy']:.3f} | "
                 f"{_num(p.get('target_pred_entropy'))} | "
                 f"{b['id']}: {_pct(b['target_acc'], b['target_acc_std'])} |")
         lines.append("")

@@ -27,7 +27,7 @@ RUN_META = "accuracy_benchmark.json"
 # label-free scores added after a run was trained, recomputed from its final checkpoint
 # (``rescore_run``); its results.json stays as the run wrote it
 RESCORED = "rescored.json"
-RESCORED_KEYS = ("target_bnm", "target_im")
+RESCORED_KEYS = ("target_bnm", "target_im", "source_val_dev")
 
 
 # ----------------------------------------------------------------------------- running
@@ -72,14 +72,17 @@ def train_cli(base: str, overrides: list[str], workdir: Path, data_root: Path,
     return json.loads((Path(workdir) / "results.json").read_text())
 
 
-def rescore_run(workdir: Path, data_root: Path, weights_root: Path) -> dict:
+def rescore_run(workdir: Path, data_root: Path, weights_root: Path,
+                complete: bool = True) -> dict:
     """``RESCORED_KEYS`` of a finished run of ours from its final checkpoint
     (``ddc.train.rescore``, in a fresh process like every run), written to ``RESCORED`` in its
-    directory and read back from there afterwards. The recomputed evaluation must reproduce
+    directory and read back from there afterwards (recomputed if it lacks a key of
+    ``RESCORED_KEYS`` added since, with ``complete``; else read back as it is). The recomputed evaluation must reproduce
     the run's own target accuracy and SND (the same checkpoint on the same inputs), or this
     raises."""
     path = Path(workdir) / RESCORED
-    if not path.exists():
+    if not path.exists() or complete and any(k not in json.loads(path.read_text())
+                                             for k in RESCORED_KEYS):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--rescore", str(workdir),
                "--data-root", str(data_root), "--weights-root", str(weights_root)]
         env = {**os.environ, "PYTHONPATH": str(grid.REPO)}
@@ -143,8 +146,9 @@ def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
         res = {"wall_time_s": res.get("train_time_s"), "dropped_classes": {}, **res}
     elif any(res.get(k) is None for k in RESCORED_KEYS) and (
             rescore or (workdir / RESCORED).exists()):
-        res = {**res, **{k: v for k, v in rescore_run(workdir, data_root, weights_root).items()
-                         if k in RESCORED_KEYS}}
+        res = {**res, **{k: v for k, v in rescore_run(workdir, data_root, weights_root,
+                                                      complete=rescore).items()
+                         if k in RESCORED_KEYS and res.get(k) is None}}
     return {**res, "run_dir": _relative(workdir), "overrides": overrides, "config": config,
             "resumed": resumed, "total_wall_s": meta["total_wall_s"]}
 
@@ -208,7 +212,7 @@ def summarize(cell: grid.Cell, runs: list[dict]) -> dict:
         out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
         out[key + "_per_seed"] = [r.get(key) for r in runs]
     for key in ("setup_time_s", "train_time_s", "target_acc_tta", "target_snd", "target_entropy",
-                "target_bnm", "target_im"):
+                "target_bnm", "target_im", "source_val_dev"):
         out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
     # how evenly the target predictions use the classes: the confusion matrix's column sums are
     # the predicted-class counts (the same whatever the labels; no label is read)

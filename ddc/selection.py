@@ -18,6 +18,13 @@ Each score reads the target's softmax predictions only (never its labels):
   mutual information between a target sample and its predicted class (SHOT's objective, the
   IM validator of the same benchmark). Higher is better: confident and diverse.
 
+And one reads labelled *source* validation data with the target's features:
+
+* ``dev``: deep embedded validation (You et al. 2019, "Towards accurate model selection in
+  deep unsupervised domain adaptation"): the source validation loss importance-weighted by
+  p_target(x) / p_source(x), estimated by a domain classifier on the model's features, with
+  the weights as a control variate. An estimate of the target risk: lower is better.
+
 ``select`` picks a run by one of ``RULES``, some of which also read source validation accuracy
 (labelled source data, never target labels).
 """
@@ -99,6 +106,141 @@ def information_maximization(probs) -> float:
     return float(h(p.mean(axis=0)) - h(p).mean())
 
 
+# DEV's domain classifier: L2-regularised logistic regression on standardised features, its
+# penalty chosen among DEV_L2 by held-out log-loss over DEV_FOLDS cross-fitting folds (each
+# source sample's weight comes from a classifier that did not see it); at most DEV_MAX_TARGET
+# target samples (a fixed random subset) keep it a second or two per evaluation
+DEV_FOLDS = 3
+DEV_L2 = (1e-3, 1e-2, 1e-1, 1.0)
+DEV_MAX_TARGET = 2000
+
+
+def per_sample_cross_entropy(logits, labels) -> np.ndarray:
+    """float64 [N]: ``-log softmax(logits)[label]`` of each row of ``logits`` [N, K]."""
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64)
+    if z.ndim != 2 or y.shape != (len(z),):
+        raise ValueError(f"per_sample_cross_entropy needs logits [N, K] and labels [N]; got "
+                         f"{z.shape} and {y.shape}")
+    m = z.max(axis=1)
+    return m + np.log(np.exp(z - m[:, None]).sum(axis=1)) - z[np.arange(len(z)), y]
+
+
+def dev_risk(weights, losses) -> float:
+    r"""DEV's target-risk estimate from importance ``weights`` [N] and ``losses`` [N] of the
+    source validation samples (You et al. 2019, Algorithm 1)::
+
+        L_i = w_i l_i,   eta = -Cov(L, w) / Var(w),   DEV = mean(L) + eta mean(w) - eta
+
+    (sample covariance and variance; eta = 0 when the weights are all equal, so DEV is then the
+    mean loss). Lower is better."""
+    w = np.asarray(weights, np.float64)
+    l = np.asarray(losses, np.float64)
+    if w.ndim != 1 or w.shape != l.shape or len(w) < 2:
+        raise ValueError(f"dev_risk needs weights and losses of the same shape [N >= 2]; got "
+                         f"{w.shape} and {l.shape}")
+    weighted = w * l
+    var = w.var(ddof=1)
+    eta = 0.0 if var <= 1e-12 * max(1.0, w.mean() ** 2) else (
+        -np.cov(weighted, w, ddof=1)[0, 1] / var)
+    return float(weighted.mean() + eta * w.mean() - eta)
+
+
+def _sigmoid(z):
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def _logistic_objective(X, y, w, l2, mask):
+    z = X @ w
+    # mean log-loss: log(1 + e^z) - y z
+    return float((np.logaddexp(0.0, z) - y * z).mean() + 0.5 * l2 * ((w * mask) ** 2).sum())
+
+
+def logistic_regression(x, y, l2: float, iters: int = 50, start=None) -> np.ndarray:
+    """Weights [D + 1] (the last one the unpenalised bias) minimising the mean log-loss of
+    ``P(y = 1 | x) = sigmoid([x, 1] . w)`` plus ``l2 / 2 |w[:-1]|^2``, by Newton's method with
+    step halving (the objective is strictly convex for ``l2 > 0``), from ``start`` [D + 1] or
+    zeros."""
+    X = np.hstack([np.asarray(x, np.float64), np.ones((len(x), 1))])
+    y = np.asarray(y, np.float64)
+    mask = np.ones(X.shape[1])
+    mask[-1] = 0.0
+    w = np.zeros(X.shape[1]) if start is None else np.array(start, np.float64)
+    f = _logistic_objective(X, y, w, l2, mask)
+    for _ in range(iters):
+        p = _sigmoid(X @ w)
+        grad = X.T @ (p - y) / len(X) + l2 * mask * w
+        hess = (X.T * (p * (1 - p))) @ X / len(X) + np.diag(l2 * mask + 1e-10)
+        step = np.linalg.solve(hess, grad)
+        t = 1.0
+        while True:
+            f_new = _logistic_objective(X, y, w - t * step, l2, mask)
+            if f_new <= f or t < 1e-6:
+                break
+            t /= 2
+        w, f_done = w - t * step, f - f_new
+        f = f_new
+        if np.abs(t * step).max() < 1e-9 or f_done < 1e-13:
+            break
+    return w
+
+
+def importance_weights(source_features, target_features, *, folds: int = DEV_FOLDS,
+                       l2=DEV_L2, max_target: int = DEV_MAX_TARGET, seed: int = 0):
+    """DEV's density ratios ``p_target(x) / p_source(x)`` [N_source] at ``source_features``.
+
+    A domain classifier (``logistic_regression``, target = 1) on features standardised with the
+    pooled mean and std gives ``P(target | x)``; the ratio is its odds times
+    ``n_source / n_target`` of its training set. Cross-fitted: the source and target samples
+    are split into ``folds`` folds, and a source sample's weight comes from the classifier
+    trained on the other folds. The penalty is the one of ``l2`` with the lowest held-out
+    log-loss (over both domains' held-out folds; the first of equals, from the strongest).
+
+    Returns:
+        (weights float64 [N_source], the chosen penalty).
+    """
+    xs = np.asarray(source_features, np.float64)
+    xt = np.asarray(target_features, np.float64)
+    if xs.ndim != 2 or xt.ndim != 2 or xs.shape[1] != xt.shape[1]:
+        raise ValueError(f"importance_weights needs features [N, D] of both domains with the "
+                         f"same D; got {xs.shape} and {xt.shape}")
+    if folds < 2 or len(xs) < folds or len(xt) < folds:
+        raise ValueError(f"importance_weights needs at least folds={folds} >= 2 samples of each "
+                         f"domain; got {len(xs)} source and {len(xt)} target")
+    rng = np.random.default_rng(seed)
+    if len(xt) > max_target:
+        xt = xt[rng.choice(len(xt), max_target, replace=False)]
+    both = np.concatenate([xs, xt])
+    mu, sd = both.mean(axis=0), both.std(axis=0)
+    xs, xt = (xs - mu) / np.where(sd > 0, sd, 1.0), (xt - mu) / np.where(sd > 0, sd, 1.0)
+    fold_s = rng.permutation(len(xs)) % folds
+    fold_t = rng.permutation(len(xt)) % folds
+    best, fits = None, [None] * folds
+    for penalty in sorted(l2, reverse=True):  # each fit starts from the next-stronger penalty's
+        odds, held_out = np.empty(len(xs)), 0.0
+        for k in range(folds):
+            tr_s, tr_t = xs[fold_s != k], xt[fold_t != k]
+            w = fits[k] = logistic_regression(
+                np.concatenate([tr_s, tr_t]), np.r_[np.zeros(len(tr_s)), np.ones(len(tr_t))],
+                penalty, start=fits[k])
+            zs = np.hstack([xs[fold_s == k], np.ones(((fold_s == k).sum(), 1))]) @ w
+            zt = np.hstack([xt[fold_t == k], np.ones(((fold_t == k).sum(), 1))]) @ w
+            odds[fold_s == k] = np.exp(np.clip(zs, -30, 30)) * len(tr_s) / len(tr_t)
+            held_out += np.logaddexp(0.0, zs).sum() + np.logaddexp(0.0, -zt).sum()
+        if best is None or held_out < best[0]:
+            best = (held_out, odds, penalty)
+    return best[1], best[2]
+
+
+def dev(source_features, source_losses, target_features, **options) -> float:
+    """Deep embedded validation: ``dev_risk`` of the source validation ``source_losses`` [N]
+    (per sample, e.g. ``per_sample_cross_entropy``) under the ``importance_weights`` of
+    ``source_features`` [N, D] against ``target_features`` [M, D] (``options``: its keyword
+    arguments). An estimate of the target risk; lower is better. Reads no target label."""
+    weights, _ = importance_weights(source_features, target_features, **options)
+    return dev_risk(weights, source_losses)
+
+
 def scores(logits) -> dict:
     """Every label-free score of target ``logits`` [N, K], higher is better."""
     z = np.asarray(logits)
@@ -112,7 +254,8 @@ def scores(logits) -> dict:
 # ----------------------------------------------------------------------------- choosing a run
 
 # rule -> what it maximises, over finished runs (dicts with ``source_val_acc``, ``target_entropy``,
-# ``target_snd``, ``target_bnm``, ``target_im``, as in ``results.json``); none reads a target label
+# ``target_snd``, ``target_bnm``, ``target_im``, ``source_val_dev``, as in ``results.json``); none
+# reads a target label
 _STAGED = ("first the input pipeline (the group of runs, e.g. resolution, views and schedule, "
            "whose source-only reference has the highest source validation accuracy: how good the "
            "features are is a supervised question that source labels answer), then, among that "
@@ -135,6 +278,9 @@ RULES = {
                             "confident predictions over many classes; a collapse scores low)",
     "staged_im": _STAGED + "the highest information-maximisation score (mutual information "
                            "between a target sample and its predicted class)",
+    "dev": "the lowest DEV (the source validation loss importance-weighted towards the target "
+           "by a domain classifier on the model's features: an estimate of the target risk)",
+    "staged_dev": _STAGED + "the lowest DEV",
 }
 # Pre-registered on 2026-12-04, before any run's BNM was computed (the previous rule,
 # staged_snd, picked the collapsing entropy-minimisation cell on both MobileNetV2 tasks and
@@ -148,13 +294,15 @@ DEFAULT_RULE = "staged_bnm"
 # widened to 0.05 after that run (whose target accuracies were printed): see docs/RESULTS.md.
 SOURCE_GUARD = 0.05
 _SCORE_KEY = {"source_val": "source_val_acc", "entropy": "target_entropy",
-              "staged_bnm": "target_bnm", "staged_im": "target_im"}
+              "staged_bnm": "target_bnm", "staged_im": "target_im", "dev": "source_val_dev",
+              "staged_dev": "source_val_dev"}
+_LOWER_IS_BETTER = ("entropy", "dev", "staged_dev")
 
 
 def score(run: dict, rule: str) -> float | None:
     """What ``rule`` maximises for ``run`` (None: the run lacks that score)."""
     v = run.get(_SCORE_KEY.get(rule, "target_snd"))
-    return None if v is None else (-v if rule == "entropy" else v)
+    return None if v is None else (-v if rule in _LOWER_IS_BETTER else v)
 
 
 def select(runs: list[dict], rule: str = DEFAULT_RULE, *, reference_source_val=None,

@@ -310,6 +310,20 @@ def test_smallest_cell_end_to_end_writes_the_row_and_resumes(tmp_path):
     assert rescored["target_im"] == pytest.approx(res["target_im"], rel=1e-6, abs=1e-9)
     again = json.loads((tmp_path / "runs" / "results.json").read_text())["cells"][0]
     assert again["target_bnm"] == pytest.approx(res["target_bnm"], rel=1e-6)
+    assert rescored["source_val_dev"] == pytest.approx(res["source_val_dev"], rel=1e-6)
+    # a rescored.json from before DEV: read back as it is, completed only by --rescore
+    (Path(run_dir) / "rescored.json").write_text(json.dumps(
+        {k: v for k, v in rescored.items() if k != "source_val_dev"}))
+    res_path.write_text(json.dumps({k: v for k, v in res.items()
+                                    if k not in ("target_bnm", "target_im", "source_val_dev")}))
+    accuracy.main(args)
+    again = json.loads((tmp_path / "runs" / "results.json").read_text())["cells"][0]
+    assert again["source_val_dev"] is None and again["target_bnm"] == pytest.approx(
+        res["target_bnm"], rel=1e-6)
+    accuracy.main(args + ["--rescore"])
+    again = json.loads((tmp_path / "runs" / "results.json").read_text())["cells"][0]
+    assert again["source_val_dev"] == pytest.approx(res["source_val_dev"], rel=1e-6)
+    assert res["source_val_dev"] > 0
     # a recomputation that does not reproduce the run's own evaluation is refused
     (Path(run_dir) / "rescored.json").unlink()
     res_path.write_text(json.dumps({**{k: v for k, v in res.items() if k != "target_bnm"},

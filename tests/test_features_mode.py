@@ -1,5 +1,7 @@
 """Feature-extractor mode trains exactly the model that full-network mode trains."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -67,7 +69,7 @@ def test_rescore_recomputes_the_final_evaluation_from_the_checkpoint(tmp_path, t
     """``rescore`` rebuilds the run from its config.json and latest checkpoint: its record is
     the run's own final evaluation (so a score added later is that of the trained model)."""
     from ddc.train import RunError, rescore
-    from ddc.selection import bnm, information_maximization
+    from ddc.selection import bnm, dev, information_maximization, per_sample_cross_entropy
 
     cfg = tiny_config(*tiny_trees, steps=4, checkpoint_every=4, eval_every=4)
     cfg.update(mode=mode, deterministic=True)
@@ -77,7 +79,7 @@ def test_rescore_recomputes_the_final_evaluation_from_the_checkpoint(tmp_path, t
     rec = rescore(tmp_path / "run")
     assert rec["step"] == 4
     for key in ("target_acc", "target_mean_class_acc", "source_val_acc", "target_entropy",
-                "target_snd", "target_bnm", "target_im"):
+                "target_snd", "target_bnm", "target_im", "source_val_dev"):
         assert rec[key] == pytest.approx(res[key], rel=1e-6, abs=1e-9), key
     assert 0 < res["target_bnm"] and 0 <= res["target_im"]
     # the scores are those of the trained network's target predictions, loaded independently
@@ -89,5 +91,15 @@ def test_rescore_recomputes_the_final_evaluation_from_the_checkpoint(tmp_path, t
     p /= p.sum(1, keepdims=True)
     assert bnm(p) == pytest.approx(res["target_bnm"], rel=1e-5)
     assert information_maximization(p) == pytest.approx(res["target_im"], rel=1e-5)
+    # DEV: the source validation losses weighed by a domain classifier on the features of the
+    # source validation images against the target's (no target label)
+    val = load_eval_domain(run, "source_val")
+    val_logits, val_feats = run.predict(val.images, 16)
+    _, tgt_feats = run.predict(dom.images, 16)
+    expected = dev(val_feats, per_sample_cross_entropy(val_logits, val.labels), tgt_feats,
+                   seed=cfg["seed"])
+    assert res["source_val_dev"] == pytest.approx(expected, rel=1e-3)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert history[-1]["source_val_dev"] == res["source_val_dev"]
     with pytest.raises(RunError, match="no config.json"):
         rescore(tmp_path / "nothing")

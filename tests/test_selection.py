@@ -99,13 +99,14 @@ def test_select_by_each_rule_and_the_guard_against_collapse():
             {"id": "collapsed", "source_val_acc": 0.40, "target_entropy": 0.01,
              "target_snd": 7.5},
             {"id": "old", "source_val_acc": 0.95, "target_entropy": None, "target_snd": None}]
-    for r, (bnm, im) in zip(runs, [(0.30, 1.5), (0.20, 1.2), (0.05, 0.1), (None, None)]):
-        r.update(target_bnm=bnm, target_im=im)
+    for r, (bnm, im, dev) in zip(runs, [(0.30, 1.5, 0.6), (0.20, 1.2, 0.4), (0.05, 0.1, 3.0),
+                                        (None, None, None)]):
+        r.update(target_bnm=bnm, target_im=im, source_val_dev=dev)
     picks = {rule: select(runs, rule, reference_source_val=0.92)["id"] for rule in RULES}
     # the staged rules without groups: the source guard (0.92 - 0.05) keeps a, b; a scores highest
     assert picks == {"source_val": "old", "entropy": "collapsed", "snd": "collapsed",
                      "snd_guarded": "b", "staged_snd": "b", "staged_snd_diverse": "b",
-                     "staged_bnm": "a", "staged_im": "a"}
+                     "staged_bnm": "a", "staged_im": "a", "dev": "b", "staged_dev": "b"}
     # a per-run reference (each run's own source-only run); none eligible: the guard is dropped
     assert select(runs, "snd_guarded", reference_source_val=lambda r: 0.99)["id"] == "collapsed"
     assert select(runs[3:], "snd") is None
@@ -228,3 +229,101 @@ def test_staged_bnm_picks_the_input_then_the_highest_bnm_within_the_guard():
     kw = dict(reference_source_val=lambda r: ref[r["variant"]], group=lambda r: r["variant"])
     assert select(runs, **kw)["id"] == "224/mcc"   # not 128/mcc (other input), not broken (guard)
     assert select(runs, guard=0.2, **kw)["id"] == "224/broken"
+
+
+# ----------------------------------------------------------------------------- DEV
+
+def _dev_risk_loops(w, l):
+    n = len(w)
+    weighted = [w[i] * l[i] for i in range(n)]
+    mean_w, mean_wl = sum(w) / n, sum(weighted) / n
+    cov = sum((weighted[i] - mean_wl) * (w[i] - mean_w) for i in range(n)) / (n - 1)
+    var = sum((w[i] - mean_w) ** 2 for i in range(n)) / (n - 1)
+    eta = -cov / var
+    return mean_wl + eta * mean_w - eta
+
+
+@pytest.mark.parametrize("n", [2, 7, 300])
+def test_dev_risk_and_per_sample_cross_entropy_match_loops(n):
+    from ddc.selection import dev_risk, per_sample_cross_entropy
+    rng = np.random.default_rng(n)
+    w, l = rng.exponential(1.0, n), rng.exponential(0.5, n)
+    assert dev_risk(w, l) == pytest.approx(_dev_risk_loops(w.tolist(), l.tolist()), rel=1e-9)
+    # equal weights: no control variate, DEV is the plain mean loss
+    assert dev_risk(np.full(n, 1.0), l) == pytest.approx(l.mean(), rel=1e-12)
+    logits, labels = rng.normal(0, 3, (n, 5)), rng.integers(0, 5, n)
+    ref = [math.log(sum(math.exp(v) for v in row)) - row[y]
+           for row, y in zip(logits.tolist(), labels.tolist())]
+    np.testing.assert_allclose(per_sample_cross_entropy(logits, labels), ref, rtol=1e-9)
+    with pytest.raises(ValueError, match="dev_risk needs"):
+        dev_risk(w[:1], l[:1])
+
+
+def test_logistic_regression_matches_plain_gradient_descent():
+    from ddc.selection import logistic_regression
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 2))
+    y = (x[:, 0] + 0.5 * rng.normal(size=40) > 0.3).astype(float)
+    l2 = 0.05
+    w = np.zeros(3)                               # the slow obvious way: [w1, w2, bias]
+    for _ in range(20000):
+        g = np.zeros(3)
+        for xi, yi in zip(x, y):
+            p = 1 / (1 + math.exp(-(w[0] * xi[0] + w[1] * xi[1] + w[2])))
+            g += (p - yi) * np.array([xi[0], xi[1], 1.0]) / len(x)
+        g[:2] += l2 * w[:2]
+        w -= 0.5 * g
+        if np.abs(g).max() < 1e-10:
+            break
+    np.testing.assert_allclose(logistic_regression(x, y, l2), w, atol=1e-7)
+
+
+def test_importance_weights_recover_a_gaussian_density_ratio():
+    """Source N(0, I), target N(mu, I): p_t / p_s = exp(mu.x - |mu|^2 / 2), linear in x on the
+    log scale, so the cross-fitted logistic domain classifier must recover it."""
+    from ddc.selection import importance_weights
+    rng = np.random.default_rng(0)
+    mu = np.array([0.8, -0.4, 0.0, 0.0, 0.0])
+    xs, xt = rng.normal(size=(1500, 5)), rng.normal(size=(3000, 5)) + mu
+    w, penalty = importance_weights(xs, xt, max_target=3000)
+    true = np.exp(xs @ mu - mu @ mu / 2)
+    assert np.corrcoef(np.log(w), np.log(true))[0, 1] > 0.98
+    assert np.abs(np.log(w) - np.log(true)).mean() < 0.15
+    assert w.mean() == pytest.approx(1.0, abs=0.1)   # E_source[p_t / p_s] = 1
+    assert penalty in (1e-3, 1e-2, 1e-1, 1.0)
+    # the same domains: the weights stay near 1
+    same, _ = importance_weights(xs, rng.normal(size=(3000, 5)))
+    assert np.abs(np.log(same)).mean() < 0.1
+
+
+def test_dev_estimates_the_target_risk_of_a_known_loss():
+    """The loss is 2 where x0 > 0 and 0.1 elsewhere: the true target risk (on target samples,
+    whose losses DEV never sees) is much higher for a target shifted to x0 > 0 than for one
+    shifted the other way, and DEV tracks both from the source samples alone."""
+    from ddc.selection import dev
+    rng = np.random.default_rng(1)
+
+    def loss(x):
+        return np.where(x[:, 0] > 0, 2.0, 0.1)
+    xs = rng.normal(size=(2000, 3))
+    for shift in (0.7, -0.7):
+        xt = rng.normal(size=(4000, 3)) + [shift, 0.0, 0.0]
+        true = loss(xt).mean()
+        assert dev(xs, loss(xs), xt, max_target=4000) == pytest.approx(true, rel=0.1)
+    assert dev(xs, loss(xs), xs[::-1] + 0.7) > 1.2 > 0.9 > dev(xs, loss(xs), xs[::-1] - 0.7)
+
+
+def test_dev_rules_pick_the_lowest_dev():
+    from ddc.selection import RULES, select
+
+    def run(variant, method, val, dev):
+        return {"id": f"{variant}/{method}", "variant": variant, "source_val_acc": val,
+                "source_val_dev": dev, "target_snd": 6.0, "target_entropy": 0.1}
+    runs = [run("a", "source_only", 0.88, 0.9), run("a", "mcc", 0.87, 0.2),
+            run("b", "source_only", 0.90, 0.8), run("b", "mcc", 0.89, 0.5),
+            run("b", "im", 0.88, 0.6), {**run("b", "old", 0.9, 0.0), "source_val_dev": None}]
+    ref = {"a": 0.88, "b": 0.90}
+    assert {"dev", "staged_dev"} <= set(RULES)
+    assert select(runs, "dev")["id"] == "a/mcc"
+    assert select(runs, "staged_dev", reference_source_val=lambda r: ref[r["variant"]],
+                  group=lambda r: r["variant"])["id"] == "b/mcc"

@@ -28,9 +28,15 @@ def predict_arrays(predict, inputs: np.ndarray, batch_size: int):
 
 def evaluate_arrays(predict, inputs, labels, class_names, batch_size: int) -> dict:
     """The classification report of ``predict`` on ``inputs`` plus the label-free scores of its
-    predictions (``ddc.selection``): the mean entropy, the soft neighbourhood density, the
-    batch nuclear norm and the information-maximisation score."""
+    predictions (``logits_report``)."""
     logits, _ = predict_arrays(predict, inputs, batch_size)
+    return logits_report(logits, labels, class_names)
+
+
+def logits_report(logits, labels, class_names) -> dict:
+    """The classification report of ``logits`` [N, K] against ``labels`` plus the label-free
+    scores of the predictions (``ddc.selection``): the mean entropy, the soft neighbourhood
+    density, the batch nuclear norm and the information-maximisation score."""
     report = classification_report(labels, logits.argmax(axis=1), class_names)
     p = softmax(logits)
     report["entropy"] = mean_entropy(logits)

@@ -113,7 +113,7 @@ def rescore(workdir: str | Path, *, data_root: str | Path | None = None,
             raise RunError(f"{workdir}: no checkpoint in {run.ckpt_dir}")
         stage = Stage(run, head_only=step < cfg.train.head_only_steps)
         stage.checkpoint.restore(stage.manager.latest_checkpoint).expect_partial()
-        rec = run.evaluate(step)
+        rec = run.evaluate(step, final=True)
         return {k: v for k, v in rec.items() if not k.startswith("_")}
     finally:
         keras.mixed_precision.set_global_policy(before)
@@ -202,7 +202,7 @@ def _train(run: Run, resume: bool) -> dict:
                     for term, w in zip(run.terms, weights[-1]):
                         tf.summary.scalar(f"lambda/{term.name}", w)
             if step % t.eval_every == 0 or step == t.steps:
-                last_report = run.evaluate(step)
+                last_report = run.evaluate(step, final=step == t.steps)
                 rec = {k: v for k, v in last_report.items() if not k.startswith("_")}
                 history.append(rec)
                 if run.is_chief:
@@ -228,7 +228,7 @@ def _train(run: Run, resume: bool) -> dict:
         pbar.close()
         writer.flush()
     if last_report is None:  # resumed a run that had already finished
-        last_report = run.evaluate(step)
+        last_report = run.evaluate(step, final=True)
     ips = timed_steps * per_step / train_time if timed_steps and train_time > 0 else None
     results = _results(run, history, last_report, stage, ips, time.time() - t_begin)
     if run.is_chief:
@@ -289,6 +289,8 @@ def _results(run: Run, history: list, final: dict, stage: Stage, ips, wall: floa
         "target_snd": tgt["snd"],
         "target_bnm": tgt["bnm"],
         "target_im": tgt["im"],
+        # labelled source validation data weighed by the target's features; lower is better
+        "source_val_dev": final.get("source_val_dev"),
         "classes": run.data.class_names,
         "dropped_classes": run.data.dropped,
         "skipped_files": run.data.skipped,

@@ -17,9 +17,10 @@ from ddc.data.views import D4, ViewedImages, augment_views
 from ddc.models import apply_freeze, build_network, resolve_weights, variable_counts
 from ddc.models.adabn import cached_statistics, statistics_applied
 from ddc.models.split import split_at_frozen_prefix
+from ddc.selection import DEV_FOLDS, dev, per_sample_cross_entropy
 from ddc.train.build import backbone_lr_mult, build_step, build_terms
 from ddc.train.distribute import make_strategy, worker_index
-from ddc.train.evaluate import evaluate_arrays, tta_report
+from ddc.train.evaluate import logits_report, predict_arrays, tta_report
 from ddc.train.feature_cache import FeatureCache, image_keys, weights_identity
 from ddc.train.keras_internals import seed_states
 from ddc.train.rundir import RunError
@@ -205,13 +206,26 @@ class Run:
         log.info("features: %d views extracted%s, %d read from the cache, in %.1f s",
                  s["extracted"], speed, s["from_cache"], s["extract_time_s"])
 
-    def evaluate(self, step: int) -> dict:
+    def evaluate(self, step: int, final: bool = False) -> dict:
+        """The evaluation record of ``step``: source validation and target accuracies, the
+        label-free scores of the target predictions and, with ``final`` (the run's last
+        evaluation; it costs a few seconds), DEV (``ddc.selection.dev``)."""
         names = self.data.class_names
         t = self.cfg.train
-        val = (evaluate_arrays(self.predict, self.arrays["source_val"], self.data.source_val.labels,
-                               names, t.eval_batch_size) if len(self.data.source_val) else None)
-        tgt = evaluate_arrays(self.predict, self.arrays["target"], self.data.target.labels, names,
-                              t.eval_batch_size)
+        has_val = len(self.data.source_val) > 0
+        if has_val:
+            val_logits, val_feats = predict_arrays(self.predict, self.arrays["source_val"],
+                                                   t.eval_batch_size)
+            val = logits_report(val_logits, self.data.source_val.labels, names)
+        else:
+            val = None
+        tgt_logits, tgt_feats = predict_arrays(self.predict, self.arrays["target"],
+                                               t.eval_batch_size)
+        tgt = logits_report(tgt_logits, self.data.target.labels, names)
+        dev_risk = None
+        if final and has_val and min(len(val_logits), len(tgt_logits)) >= 2 * DEV_FOLDS:
+            dev_risk = dev(val_feats, per_sample_cross_entropy(
+                val_logits, self.data.source_val.labels), tgt_feats, seed=self.cfg.seed)
         rec = {"step": step,
                "source_val_acc": val["accuracy"] if val else None,
                "source_val_mean_class_acc": val["mean_class_accuracy"] if val else None,
@@ -219,6 +233,8 @@ class Run:
                "target_snd": tgt["snd"],
                "target_bnm": tgt["bnm"],
                "target_im": tgt["im"],
+               # source labels and target features, no target label; lower is better
+               "source_val_dev": dev_risk,
                "target_acc": tgt["accuracy"],
                "target_mean_class_acc": tgt["mean_class_accuracy"],
                "_target_report": tgt}
