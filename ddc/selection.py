@@ -109,10 +109,13 @@ def information_maximization(probs) -> float:
 # DEV's domain classifier: L2-regularised logistic regression on standardised features, its
 # penalty chosen among DEV_L2 by held-out log-loss over DEV_FOLDS cross-fitting folds (each
 # source sample's weight comes from a classifier that did not see it); at most DEV_MAX_TARGET
-# target samples (a fixed random subset) keep it a second or two per evaluation
+# target samples (a fixed random subset) and features of at most DEV_MAX_DIM dimensions (wider
+# ones, e.g. a 2048-wide pooled ResNet50 output without an adaptation layer, projected onto
+# their leading principal components) keep it a few seconds per run
 DEV_FOLDS = 3
 DEV_L2 = (1e-3, 1e-2, 1e-1, 1.0)
 DEV_MAX_TARGET = 2000
+DEV_MAX_DIM = 256
 
 
 def per_sample_cross_entropy(logits, labels) -> np.ndarray:
@@ -186,11 +189,13 @@ def logistic_regression(x, y, l2: float, iters: int = 50, start=None) -> np.ndar
 
 
 def importance_weights(source_features, target_features, *, folds: int = DEV_FOLDS,
-                       l2=DEV_L2, max_target: int = DEV_MAX_TARGET, seed: int = 0):
+                       l2=DEV_L2, max_target: int = DEV_MAX_TARGET,
+                       max_dim: int = DEV_MAX_DIM, seed: int = 0):
     """DEV's density ratios ``p_target(x) / p_source(x)`` [N_source] at ``source_features``.
 
     A domain classifier (``logistic_regression``, target = 1) on features standardised with the
-    pooled mean and std gives ``P(target | x)``; the ratio is its odds times
+    pooled mean and std (projected onto their ``max_dim`` leading principal components when
+    wider) gives ``P(target | x)``; the ratio is its odds times
     ``n_source / n_target`` of its training set. Cross-fitted: the source and target samples
     are split into ``folds`` folds, and a source sample's weight comes from the classifier
     trained on the other folds. The penalty is the one of ``l2`` with the lowest held-out
@@ -213,6 +218,9 @@ def importance_weights(source_features, target_features, *, folds: int = DEV_FOL
     both = np.concatenate([xs, xt])
     mu, sd = both.mean(axis=0), both.std(axis=0)
     xs, xt = (xs - mu) / np.where(sd > 0, sd, 1.0), (xt - mu) / np.where(sd > 0, sd, 1.0)
+    if xs.shape[1] > max_dim:
+        _, _, vt = np.linalg.svd(np.concatenate([xs, xt]), full_matrices=False)
+        xs, xt = xs @ vt[:max_dim].T, xt @ vt[:max_dim].T
     fold_s = rng.permutation(len(xs)) % folds
     fold_t = rng.permutation(len(xt)) % folds
     best, fits = None, [None] * folds

@@ -294,6 +294,17 @@ def test_importance_weights_recover_a_gaussian_density_ratio():
     # the same domains: the weights stay near 1
     same, _ = importance_weights(xs, rng.normal(size=(3000, 5)))
     assert np.abs(np.log(same)).mean() < 0.1
+    # wider than max_dim: three noisy copies of each of the two shifted coordinates and two
+    # pure-noise dimensions; the copies' blocks lead the principal components (after
+    # standardising, each block's variance is about 3, the noise's 1), so projecting the 8
+    # dimensions onto 2 keeps the ratio
+    def wide(x):
+        copies = np.repeat(x[:, :2], 3, axis=1) + 0.1 * rng.normal(size=(len(x), 6))
+        return np.hstack([copies, x[:, 3:]])
+    narrow, _ = importance_weights(wide(xs), wide(xt), max_target=3000, max_dim=2)
+    assert np.abs(np.log(narrow) - np.log(true)).mean() < 0.15
+    kept_noise, _ = importance_weights(wide(xs)[:, 6:], wide(xt)[:, 6:], max_target=3000)
+    assert np.abs(np.log(kept_noise) - np.log(true)).mean() > 0.3  # the shift is not there
 
 
 def test_dev_estimates_the_target_risk_of_a_known_loss():
