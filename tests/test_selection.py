@@ -338,3 +338,18 @@ def test_dev_rules_pick_the_lowest_dev():
     assert select(runs, "dev")["id"] == "a/mcc"
     assert select(runs, "staged_dev", reference_source_val=lambda r: ref[r["variant"]],
                   group=lambda r: r["variant"])["id"] == "b/mcc"
+
+
+def test_leading_components_span_the_top_singular_subspace():
+    """The randomised range finder against numpy's full SVD, on features whose 12 leading
+    directions carry most of the variance."""
+    from ddc.selection import _leading_components
+    rng = np.random.default_rng(4)
+    basis, _ = np.linalg.qr(rng.normal(size=(300, 300)))
+    scales = np.r_[np.linspace(10, 5, 12), np.full(288, 0.3)]
+    x = (rng.normal(size=(500, 300)) * scales) @ basis.T
+    v = _leading_components(x, 12, np.random.default_rng(0))
+    exact = np.linalg.svd(x, full_matrices=False)[2][:12].T
+    cosines = np.linalg.svd(exact.T @ v, compute_uv=False)   # of the principal angles
+    assert cosines.min() > 0.999
+    np.testing.assert_allclose(v.T @ v, np.eye(12), atol=1e-9)
