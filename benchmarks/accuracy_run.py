@@ -77,9 +77,9 @@ def rescore_run(workdir: Path, data_root: Path, weights_root: Path,
     """``RESCORED_KEYS`` of a finished run of ours from its final checkpoint
     (``ddc.train.rescore``, in a fresh process like every run), written to ``RESCORED`` in its
     directory and read back from there afterwards (recomputed if it lacks a key of
-    ``RESCORED_KEYS`` added since, with ``complete``; else read back as it is). The recomputed evaluation must reproduce
-    the run's own target accuracy and SND (the same checkpoint on the same inputs), or this
-    raises."""
+    ``RESCORED_KEYS`` added since, with ``complete``; else read back as it is). The recomputed
+    evaluation must reproduce the run's own target accuracy and SND (the same checkpoint on the
+    same inputs), or this raises."""
     path = Path(workdir) / RESCORED
     if not path.exists() or complete and any(k not in json.loads(path.read_text())
                                              for k in RESCORED_KEYS):

@@ -138,11 +138,11 @@ def dev_risk(weights, losses) -> float:
     (sample covariance and variance; eta = 0 when the weights are all equal, so DEV is then the
     mean loss). Lower is better."""
     w = np.asarray(weights, np.float64)
-    l = np.asarray(losses, np.float64)
-    if w.ndim != 1 or w.shape != l.shape or len(w) < 2:
+    loss = np.asarray(losses, np.float64)
+    if w.ndim != 1 or w.shape != loss.shape or len(w) < 2:
         raise ValueError(f"dev_risk needs weights and losses of the same shape [N >= 2]; got "
-                         f"{w.shape} and {l.shape}")
-    weighted = w * l
+                         f"{w.shape} and {loss.shape}")
+    weighted = w * loss
     var = w.var(ddof=1)
     eta = 0.0 if var <= 1e-12 * max(1.0, w.mean() ** 2) else (
         -np.cov(weighted, w, ddof=1)[0, 1] / var)

@@ -11,9 +11,8 @@ from ddc.config.flatten import flatten_config
 # Final numbers from results.json shown as metrics in the HParams dashboard.
 FINAL_METRICS = ("target_acc", "target_mean_class_acc", "target_macro_f1", "source_val_acc",
                  "best_source_val_acc", "target_acc_at_best_source_val", "target_entropy",
-                 "target_snd", "target_bnm", "target_im", "source_val_dev", "wall_time_s", "images_per_s",
-                 "setup_time_s", "source_val_acc_tta",
-                 "target_acc_tta")
+                 "target_snd", "target_bnm", "target_im", "source_val_dev", "wall_time_s",
+                 "images_per_s", "setup_time_s", "source_val_acc_tta", "target_acc_tta")
 
 
 def write_hparams(workdir: str | Path, cfg_dict: dict, results: dict) -> None:
