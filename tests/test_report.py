@@ -313,6 +313,11 @@ def test_log_run_summary_writes_hparams_and_final_metrics(runs, tmp_path):
     steps, vals = scalars["final/target_acc"]
     assert steps.tolist() == [10] and vals[0] == pytest.approx(res["target_acc"])
     assert "eval/target_acc" in scalars  # the training curves are still read
+    # DEV: computed at the final evaluation only, so one point of its curve, the final value
+    steps, vals = scalars["final/source_val_dev"]
+    assert vals[0] == pytest.approx(res["source_val_dev"])
+    assert scalars["eval/source_val_dev"][0].tolist() == [10]
+    assert len(scalars["eval/target_acc"][0]) > 1
     tags = set(acc.Tags()["tensors"])
     assert {"report/learning_curves", "report/target_confusion"} <= tags
     assert (w / "eval" / "learning_curves.png").exists()
