@@ -234,17 +234,20 @@ def importance_weights(source_features, target_features, *, folds: int = DEV_FOL
         xs, xt = xs @ v, xt @ v
     fold_s = rng.permutation(len(xs)) % folds
     fold_t = rng.permutation(len(xt)) % folds
+    # per fold: the training set (the other folds of both domains, target = 1), its
+    # n_source / n_target, and the held-out rows of each domain
+    splits = [(np.concatenate([xs[fold_s != k], xt[fold_t != k]]),
+               np.r_[np.zeros((fold_s != k).sum()), np.ones((fold_t != k).sum())],
+               (fold_s != k).sum() / (fold_t != k).sum(), fold_s == k, xt[fold_t == k])
+              for k in range(folds)]
     best, fits = None, [None] * folds
     for penalty in sorted(l2, reverse=True):  # each fit starts from the next-stronger penalty's
         odds, held_out = np.empty(len(xs)), 0.0
-        for k in range(folds):
-            tr_s, tr_t = xs[fold_s != k], xt[fold_t != k]
-            w = fits[k] = logistic_regression(
-                np.concatenate([tr_s, tr_t]), np.r_[np.zeros(len(tr_s)), np.ones(len(tr_t))],
-                penalty, start=fits[k])
-            zs = np.hstack([xs[fold_s == k], np.ones(((fold_s == k).sum(), 1))]) @ w
-            zt = np.hstack([xt[fold_t == k], np.ones(((fold_t == k).sum(), 1))]) @ w
-            odds[fold_s == k] = np.exp(np.clip(zs, -30, 30)) * len(tr_s) / len(tr_t)
+        for k, (x_train, y_train, prior, held_s, x_held_t) in enumerate(splits):
+            w = fits[k] = logistic_regression(x_train, y_train, penalty, start=fits[k])
+            zs = xs[held_s] @ w[:-1] + w[-1]   # logits of P(target | x)
+            zt = x_held_t @ w[:-1] + w[-1]
+            odds[held_s] = np.exp(np.clip(zs, -30, 30)) * prior
             held_out += np.logaddexp(0.0, zs).sum() + np.logaddexp(0.0, -zt).sum()
         if best is None or held_out < best[0]:
             best = (held_out, odds, penalty)
