@@ -208,11 +208,11 @@ def summarize(cell: grid.Cell, runs: list[dict]) -> dict:
            "common_overrides": cell.common, "overrides": cell.own,
            "seeds": [r["config"]["seed"] for r in runs]}
     for key in ("target_acc", "target_mean_class_acc", "target_acc_at_best_source_val",
-                "source_val_acc", "wall_time_s", "total_wall_s"):
+                "source_val_acc", "wall_time_s", "total_wall_s", "source_val_dev"):
         out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
         out[key + "_per_seed"] = [r.get(key) for r in runs]
     for key in ("setup_time_s", "train_time_s", "target_acc_tta", "target_snd", "target_entropy",
-                "target_bnm", "target_im", "source_val_dev"):
+                "target_bnm", "target_im"):
         out[key], out[key + "_std"] = _mean_std([r.get(key) for r in runs])
     # how evenly the target predictions use the classes: the confusion matrix's column sums are
     # the predicted-class counts (the same whatever the labels; no label is read)
