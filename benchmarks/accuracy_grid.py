@@ -177,15 +177,17 @@ DIGIT_OVERRIDES = ["data.cache=\"disk\"", "train.keep_checkpoints=1", "train.eva
                    "train.checkpoint_every=3000"]
 
 TASKS = [
-    Task("usps_mnist", "USPS -> MNIST (10 classes, LeNet, 28 px; the config's 3000 steps)",
+    Task("usps_mnist",
+         "USPS -> MNIST (10 classes, Caffe's LeNet, 28 px; the config's 3000 steps)",
          "configs/usps_mnist.json", DIGIT_OVERRIDES, DIGIT_VARIANTS,
          bar="DDC >= 0.90 and DDC > source only", min_ddc_acc=0.90, target=0.97,
          align_variants=tuple(DIGIT_VARIANTS),
          variant_methods={"": DIGIT_METHODS, "bn": BN_DIGIT_METHODS}),
     # the other direction, a target domain no recipe or rule of this project was made on
     # (added with the rule staged_bnm, before any run of it): the same recipe, roots swapped
-    Task("mnist_usps", "MNIST -> USPS (10 classes, LeNet, 28 px; the usps_mnist recipe, 3000 "
-         "steps)", "configs/grid/mnist_usps.json", DIGIT_OVERRIDES, DIGIT_VARIANTS,
+    Task("mnist_usps",
+         "MNIST -> USPS (10 classes, Caffe's LeNet, 28 px; the usps_mnist recipe, 3000 steps)",
+         "configs/grid/mnist_usps.json", DIGIT_OVERRIDES, DIGIT_VARIANTS,
          bar="DDC > source only", align_variants=tuple(DIGIT_VARIANTS),
          variant_methods={"": DIGIT_METHODS, "bn": BN_DIGIT_METHODS}),
     *[Task(name, f"{title} (11 shared classes, MobileNetV2, frozen: 128 px, and 224 px with "
