@@ -7,8 +7,8 @@ import pytest
 
 from conftest import REPO, make_tree
 
-from benchmarks import (bench_mmd, bench_optimizer, bench_pipeline, bench_precision,
-                        bench_step, common)
+from benchmarks import (bench_backbones, bench_mmd, bench_optimizer, bench_pipeline,
+                        bench_precision, bench_step, common)
 
 
 def _check_header(text: str, script: str):
@@ -158,6 +158,29 @@ def test_bench_optimizer_smallest():
     assert common.number(ratios["apply: Keras time / fused time"]["mean ± std"]) > 0
     same = ratios["same update: max abs(w_fused - w_keras) / max abs(update), one step"]
     assert float(same["mean ± std"]) < 1e-3  # the same update up to float32 rounding
+
+
+def _lenet_params(size, channels, padding, width, classes):
+    """Trainable parameters of LeNet + adaptation layer + classifier, counted by hand."""
+    side = size
+    for _ in range(2):  # 5x5 convolution, then 2x2 pooling
+        side = (side if padding == "same" else side - 4) // 2
+    convs = (25 * channels + 1) * 20 + (25 * 20 + 1) * 50
+    return convs + (side * side * 50 + 1) * 500 + (500 + 1) * width + (width + 1) * classes
+
+
+def test_bench_backbones_smallest():
+    text = bench_backbones.main(["--config", "demo", "--set", "train.batch_size=4",
+                                 "--repeats", "2", "--steps", "1"])
+    _check_header(text, "bench_backbones")
+    speed, ratios = common.parse_tables(text)
+    speed = _by_first_column(speed)
+    assert set(speed) == {"lenet", "lenet_caffe"}
+    for name, padding in [("lenet", "same"), ("lenet_caffe", "valid")]:  # demo: 24 px RGB
+        assert speed[name]["trainable parameters"] == f"{_lenet_params(24, 3, padding, 256, 5):,}"
+        assert speed[name]["images/step"] == "8"  # 4 source + 4 target
+        assert common.number(speed[name]["images/s mean ± std"]) > 0
+    assert common.number(ratios[0]["mean ± std"]) > 0
 
 
 def test_bench_pipeline_smallest(tiny_jpeg_config):
