@@ -179,14 +179,14 @@ DIGIT_OVERRIDES = ["data.cache=\"disk\"", "train.keep_checkpoints=1", "train.eva
 TASKS = [
     Task("usps_mnist",
          "USPS -> MNIST (10 classes, Caffe's LeNet, 28 px; the config's 3000 steps)",
-         "configs/usps_mnist.json", DIGIT_OVERRIDES, DIGIT_VARIANTS,
+         "configs/usps_mnist_ddc.json", DIGIT_OVERRIDES, DIGIT_VARIANTS,
          bar="DDC >= 0.90 and DDC > source only", min_ddc_acc=0.90, target=0.97,
          align_variants=tuple(DIGIT_VARIANTS),
          variant_methods={"": DIGIT_METHODS, "bn": BN_DIGIT_METHODS}),
     # the other direction, a target domain no recipe or rule of this project was made on
     # (added with the rule staged_bnm, before any run of it): the same recipe, roots swapped
     Task("mnist_usps",
-         "MNIST -> USPS (10 classes, Caffe's LeNet, 28 px; the usps_mnist recipe, 3000 steps)",
+         "MNIST -> USPS (10 classes, Caffe's LeNet, 28 px; the usps_mnist_ddc recipe, 3000 steps)",
          "configs/grid/mnist_usps.json", DIGIT_OVERRIDES, DIGIT_VARIANTS,
          bar="DDC > source only", align_variants=tuple(DIGIT_VARIANTS),
          variant_methods={"": DIGIT_METHODS, "bn": BN_DIGIT_METHODS}),
@@ -272,7 +272,7 @@ HYPERPARAMETER_RULE = (
     "paper's defaults (λ = 0.25, adaptation layer width 256) with the shipped "
     "`configs/siri_whu_ddc.json` optimisation (SGD, momentum 0.9, lr 0.01 with the inv "
     "schedule, batch 32+32, backbone lr x0.1); USPS -> MNIST uses the shipped "
-    "`configs/usps_mnist.json` (λ = 1, Adam lr 5e-4, batch 64+64, width 256, 3000 steps). "
+    "`configs/usps_mnist_ddc.json` (λ = 1, Adam lr 5e-4, batch 64+64, width 256, 3000 steps). "
     "Every other method of `ddc.align.REGISTRY` runs alone at λ = 1 (the papers' default), "
     "its options at their defaults, and the pairs of terms (`COMBOS`) run each term at λ = 1: "
     "all of them in the main MobileNetV2 variant (`frozen_224_d4_3000`), a fixed few in the "

@@ -5,7 +5,7 @@ ADAPT (``adapt`` 0.4.5) is installed for this benchmark only, never a project de
     pip install --no-deps adapt==0.4.5 && pip install scipy scikit-learn cvxopt
     pip install --no-deps scikeras       # --no-deps: keeps the pinned keras/tensorflow
 
-Setup (same for all three methods): the config's network (default ``configs/usps_mnist.json``:
+Setup (same for all three methods): the config's network (default ``configs/usps_mnist_ddc.json``:
 USPS -> MNIST, 28 px grey, LeNet + Dense(256) ReLU adaptation layer, batch 64 + 64, Adam
 lr 5e-4) built from the same seed. ADAPT gets the network split as ``encoder`` = image ->
 adaptation features (preprocessing, backbone, adaptation layer; the very layers of our network)
@@ -115,7 +115,7 @@ def accuracy(predict, images: np.ndarray, labels: np.ndarray, batch: int = 256) 
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="usps_mnist")
+    p.add_argument("--config", default="usps_mnist_ddc")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-root", default=None, help="default: $DDC_DATA_ROOT or ../shared/data")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds")

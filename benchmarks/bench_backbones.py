@@ -3,11 +3,11 @@
 Each backbone is set into the same config (``--set model.backbone=...``), built by
 ``ddc.train.build`` as the training loop builds it, and timed on fixed random batches of the
 config's shape: blocks of ``--steps`` steps alternate, rotated every round, after a warm-up round;
-ratios are per round (paired). Default: ``configs/usps_mnist.json`` (DDC, batch 64+64, 28 px)
-with the padded ``lenet`` against the unpadded ``lenet_caffe``.
+ratios are per round (paired). Default: ``configs/usps_mnist_ddc.json`` (DDC, batch 64+64,
+28 px) with the padded ``lenet`` against the unpadded ``lenet_caffe``.
 
     python benchmarks/bench_backbones.py
-    python benchmarks/bench_backbones.py --config demo --backbones lenet,lenet_caffe --repeats 1 --steps 2
+    python benchmarks/bench_backbones.py --config demo --repeats 1 --steps 2
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def report(config: str, results: dict, steps: int, argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> str:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="usps_mnist", help="shipped config name or path")
+    p.add_argument("--config", default="usps_mnist_ddc", help="shipped config name or path")
     p.add_argument("--backbones", default="lenet,lenet_caffe",
                    help="comma-separated model.backbone values, the first is the reference")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -15,7 +15,7 @@ element-wise ops. Per config, both built from the same seed, in one process:
 Blocks alternate, rotated every round, after a warm-up round; a block is about ``--block-s``
 seconds (its step count is set from the warm-up); ratios are per round (paired).
 
-    python benchmarks/bench_optimizer.py                        # usps_mnist (Adam), siri_whu_ddc (SGD)
+    python benchmarks/bench_optimizer.py                        # usps_mnist_ddc (Adam), siri_whu_ddc (SGD)
     python benchmarks/bench_optimizer.py --config demo --repeats 1 --block-s 0.05
 """
 
@@ -143,14 +143,14 @@ def bench_config(name: str, overrides: list[str], repeats: int, block_s: float) 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", action="append", default=None,
-                   help="shipped config name or path (repeatable; default usps_mnist, siri_whu_ddc)")
+                   help="shipped config name or path (repeatable; default usps_mnist_ddc, siri_whu_ddc)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--repeats", type=int, default=8, help="timed rounds")
     p.add_argument("--block-s", type=float, default=2.0, help="seconds per timed block")
     args = p.parse_args(argv)
     out = [common.header("Fused optimizer update vs Keras update_step", __file__, argv),
            f"{args.repeats} rounds; blocks of about {args.block_s} s.", ""]
-    for name in args.config or ["usps_mnist", "siri_whu_ddc"]:
+    for name in args.config or ["usps_mnist_ddc", "siri_whu_ddc"]:
         out += bench_config(name, args.set, args.repeats, args.block_s) + [""]
     text = "\n".join(out)
     print(text)

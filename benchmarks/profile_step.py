@@ -73,7 +73,7 @@ def shares(ms: dict[str, float]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="usps_mnist")
+    p.add_argument("--config", default="usps_mnist_ddc")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-root", default=None, help="default: $DDC_DATA_ROOT or ../shared/data")
     p.add_argument("--steps", type=int, default=30, help="profiled steps per method")

@@ -159,7 +159,7 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
     assert seen["siri_whu_aid"] == seen["aid_siri_whu"] == {""} | set(REGISTRY)
     assert seen["usps_mnist"] == seen["mnist_usps"] == {"", "mmd", "mcc", "im", "entropy", "cdan"}
     mnist = load(accuracy.REPO / "configs/grid/mnist_usps.json")
-    usps = load(accuracy.REPO / "configs/usps_mnist.json")
+    usps = load(accuracy.REPO / "configs/usps_mnist_ddc.json")
     # the other direction of the same recipe: only the roots (and the name) differ
     assert (mnist.data.source.root, mnist.data.target.root) == ("mnist_test", "usps")
     assert ({**mnist.to_dict(), "name": "", "data": {**mnist.to_dict()["data"], "source": 0, "target": 0}}

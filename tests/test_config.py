@@ -6,7 +6,8 @@ import pytest
 
 from ddc.config import Config, ConfigError, apply_overrides, from_dict, load
 
-REPO_CONFIGS = ["demo", "siri_whu", "siri_whu_finetune", "siri_whu_ddc", "usps_mnist"]
+REPO_CONFIGS = ["demo", "siri_whu", "siri_whu_finetune", "siri_whu_ddc", "usps_mnist",
+                "usps_mnist_ddc"]
 
 
 def base():
