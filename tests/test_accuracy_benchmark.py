@@ -63,11 +63,11 @@ def test_grid_covers_tasks_methods_and_variants():
     for variant in ("frozen_224_d4_3000_ls", "frozen_224_d4_3000_bn",
                     "frozen_224_d4_3000_ls_bn"):
         assert {c.method.name for c in cells if c.variant == variant} == set(accuracy.LS_METHODS)
-    bn = next(c for c in cells if c.id == "usps_mnist/bn/mcc_lam1")
-    assert "model.adapt_bn=true" in bn.overrides(0)
+    tllib = next(c for c in cells if c.id == "usps_mnist/tllib/mcc_lam1")
+    assert {"model.adapt_bn=true", 'model.backbone="lenet_tllib"'} <= set(tllib.overrides(0))
     for task in ("usps_mnist", "mnist_usps"):
         assert ({f"{task}/{m}" for m in accuracy.DIGIT_METHODS}
-                | {f"{task}/bn/{m}" for m in accuracy.BN_DIGIT_METHODS}) == {
+                | {f"{task}/tllib/{m}" for m in accuracy.TLLIB_DIGIT_METHODS}) == {
             i for i in ids if i.startswith(f"{task}/")}
     dann = next(c for c in cells if c.id == "aid_siri_whu/frozen_224_d4_3000/dann_lam1")
     assert {'align={"dann": {"weight": 1.0}}', "data.image_size=224", "train.steps=3000"} <= set(

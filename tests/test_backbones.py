@@ -1,6 +1,8 @@
-"""The digits CNNs built here: ``lenet_caffe`` computes the unpadded Caffe/TLlib LeNet, checked
-against numpy loops; ``lenet`` keeps its padded convolutions."""
+"""The digits CNNs built here: ``lenet_caffe`` computes the unpadded Caffe LeNet, checked
+against numpy loops; ``lenet_tllib`` is that network plus TLlib's two dropouts; ``lenet`` keeps
+its padded convolutions."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -61,3 +63,34 @@ def test_lenet_caffe_names_the_image_size_it_cannot_take():
         build_backbone(ModelConfig(backbone="lenet_caffe"), (12, 12, 1), None)
     with pytest.raises(ConfigError, match="model.weights: lenet_caffe is built from scratch"):
         build_backbone(ModelConfig(backbone="lenet_caffe"), (28, 28, 1), "imagenet")
+
+
+def test_lenet_tllib_is_lenet_caffe_at_inference_and_drops_whole_channels_and_units_in_training():
+    tllib = build_backbone(ModelConfig(backbone="lenet_tllib"), (28, 28, 1), None)
+    caffe = build_backbone(ModelConfig(backbone="lenet_caffe"), (28, 28, 1), None)
+    for layer in ("conv1", "conv2", "fc3"):
+        caffe.get_layer(layer).set_weights(tllib.get_layer(layer).get_weights())
+    x = np.random.default_rng(1).uniform(0, 1, (64, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(tllib(x, training=False)), np.asarray(caffe(x)),
+                               rtol=1e-6, atol=1e-6)
+
+    probe = keras.Model(tllib.input, [tllib.get_layer(n).output
+                                      for n in ("conv2", "drop2", "fc3", "drop3")])
+    conv, dropped, fc, fc_dropped = (np.asarray(t) for t in probe(x, training=True))
+    # Dropout2d: per image and channel, the whole 8x8 map is zeroed or scaled by 1 / (1 - 0.5)
+    alive = np.abs(dropped).sum(axis=(1, 2)) > 0                      # [64, 50]
+    has_signal = np.abs(conv).sum(axis=(1, 2)) > 0
+    np.testing.assert_allclose(dropped, conv * 2.0 * alive[:, None, None, :], rtol=1e-5,
+                               atol=1e-6)
+    kept = alive[has_signal].mean()
+    assert 0.4 < kept < 0.6, kept          # 50% dropped; 6 sigma over ~3000 channels is 0.055
+    assert not np.all(alive == alive[:1])  # a mask per image, not one for the batch
+    # Dropout on fc 500: each unit zeroed or doubled, independently of its neighbours
+    np.testing.assert_allclose(fc_dropped, fc * 2.0 * (fc_dropped != 0), rtol=1e-5, atol=1e-6)
+    unit_kept = (fc_dropped != 0)[fc > 0].mean()
+    assert 0.45 < unit_kept < 0.55, unit_kept
+
+
+def test_lenet_tllib_names_the_image_size_it_cannot_take():
+    with pytest.raises(ConfigError, match="data.image_size: lenet_tllib.*16 px, got 15"):
+        build_backbone(ModelConfig(backbone="lenet_tllib"), (15, 15, 1), None)

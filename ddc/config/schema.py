@@ -11,8 +11,8 @@ class ConfigError(ValueError):
     """A config key holds a value that cannot be used; the message names the key."""
 
 
-BACKBONES = ("lenet", "lenet_caffe", "alexnet", "mobilenet", "mobilenet_v2", "resnet50",
-             "inception_v3", "efficientnet_b0")
+BACKBONES = ("lenet", "lenet_caffe", "lenet_tllib", "alexnet", "mobilenet", "mobilenet_v2",
+             "resnet50", "inception_v3", "efficientnet_b0")
 FREEZE_MODES = ("none", "backbone", "first_n", "until", "prefix")
 
 

@@ -24,7 +24,7 @@ APPLICATIONS = {
     "inception_v3": ("InceptionV3", "tf"),
     "efficientnet_b0": ("EfficientNetB0", "raw"),  # rescales inside the model
 }
-SCRATCH = ("lenet", "lenet_caffe", "alexnet")  # built here, from random initialisation
+SCRATCH = ("lenet", "lenet_caffe", "lenet_tllib", "alexnet")  # built here, from random init
 PREPROCESS = {**{name: "unit" for name in SCRATCH},
               **{name: mode for name, (_, mode) in APPLICATIONS.items()}}
 
@@ -69,25 +69,32 @@ def _load_error_summary(e: Exception) -> str:
     return first[:400]
 
 
-def lenet(input_shape, padding: str = "same") -> keras.Model:
+def lenet(input_shape, padding: str = "same", dropout: float = 0.0) -> keras.Model:
     """The digits CNN at Caffe LeNet widths: two 5x5 convolutions (20, 50) each followed by 2x2
     max pooling, then fc 500.
 
     ``padding="same"`` is backbone ``lenet`` (2450 inputs to fc at 28 px). ``padding="valid"`` is
-    backbone ``lenet_caffe``, the network of Caffe's LeNet and of TLlib's digits benchmarks
-    (28 -> 24 -> 12 -> 8 -> 4: 800 inputs to fc): at 28 px 2.3 M multiply-adds an image forward
-    against 6.5 M, and 2.35x the DDC step's images/s (docs/SPEED.md).
+    backbone ``lenet_caffe``, Caffe's LeNet (28 -> 24 -> 12 -> 8 -> 4: 800 inputs to fc): at
+    28 px 2.3 M multiply-adds an image forward against 6.5 M, and 2.35x the DDC step's images/s
+    (docs/SPEED.md). ``dropout`` > 0 (backbone ``lenet_tllib``, 0.5) adds TLlib's two dropouts:
+    whole channels of conv2's output (PyTorch's ``Dropout2d``, Keras' ``SpatialDropout2D``)
+    and units of fc 500; both are active only in training.
     """
+    name = {"same": "lenet", "valid": "lenet_tllib" if dropout else "lenet_caffe"}[padding]
     if padding == "valid" and min(input_shape[:2]) < 16:
-        raise ConfigError(f"data.image_size: lenet_caffe's unpadded convolutions need at least "
+        raise ConfigError(f"data.image_size: {name}'s unpadded convolutions need at least "
                           f"16 px, got {min(input_shape[:2])}")
     inp = keras.Input(input_shape)
     x = layers.Conv2D(20, 5, padding=padding, activation="relu", name="conv1")(inp)
     x = layers.MaxPooling2D(2, name="pool1")(x)
     x = layers.Conv2D(50, 5, padding=padding, activation="relu", name="conv2")(x)
+    if dropout:  # before pooling as in TLlib (the two commute: a channel dropped stays dropped)
+        x = layers.SpatialDropout2D(dropout, name="drop2")(x)
     x = layers.MaxPooling2D(2, name="pool2")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(500, activation="relu", name="fc3")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="drop3")(x)
     return keras.Model(inp, x, name="backbone")
 
 
@@ -122,7 +129,10 @@ def build_backbone(cfg: ModelConfig, input_shape: tuple, weights: str | None) ->
                               f"expected null, got {weights!r}")
         if cfg.backbone == "alexnet":
             return alexnet(input_shape)
-        return lenet(input_shape, padding="valid" if cfg.backbone == "lenet_caffe" else "same")
+        if cfg.backbone == "lenet":
+            return lenet(input_shape, padding="same")
+        return lenet(input_shape, padding="valid",
+                     dropout=0.5 if cfg.backbone == "lenet_tllib" else 0.0)
     ctor_name, _ = APPLICATIONS[cfg.backbone]
     ctor = getattr(keras.applications, ctor_name)
     kwargs = dict(include_top=False, weights=weights, input_shape=tuple(input_shape), pooling="avg")
