@@ -65,10 +65,14 @@ def test_grid_covers_tasks_methods_and_variants():
         assert {c.method.name for c in cells if c.variant == variant} == set(accuracy.LS_METHODS)
     tllib = next(c for c in cells if c.id == "usps_mnist/tllib/mcc_lam1")
     assert {"model.adapt_bn=true", 'model.backbone="lenet_tllib"'} <= set(tllib.overrides(0))
+    budget = {f"usps_mnist/long_12000/{m}" for m in accuracy.BUDGET_DIGIT_METHODS}
     for task in ("usps_mnist", "mnist_usps"):
         assert ({f"{task}/{m}" for m in accuracy.DIGIT_METHODS}
-                | {f"{task}/tllib/{m}" for m in accuracy.TLLIB_DIGIT_METHODS}) == {
+                | {f"{task}/tllib/{m}" for m in accuracy.TLLIB_DIGIT_METHODS}
+                | (budget if task == "usps_mnist" else set())) == {
             i for i in ids if i.startswith(f"{task}/")}
+    long = next(c for c in cells if c.id == "usps_mnist/long_12000/im_lam1")
+    assert {'align={"im": {"weight": 1.0}}', "train.steps=12000"} <= set(long.overrides(0))
     dann = next(c for c in cells if c.id == "aid_siri_whu/frozen_224_d4_3000/dann_lam1")
     assert {'align={"dann": {"weight": 1.0}}', "data.image_size=224", "train.steps=3000"} <= set(
         dann.overrides(0))
