@@ -85,7 +85,7 @@ def test_lenet_tllib_is_lenet_caffe_at_inference_and_drops_whole_channels_and_un
     kept = alive[has_signal].mean()
     assert 0.4 < kept < 0.6, kept          # 50% dropped; 6 sigma over ~3000 channels is 0.055
     assert not np.all(alive == alive[:1])  # a mask per image, not one for the batch
-    # Dropout on fc 500: each unit zeroed or doubled, independently of its neighbours
+    # Dropout on fc 500: each unit zeroed or doubled
     np.testing.assert_allclose(fc_dropped, fc * 2.0 * (fc_dropped != 0), rtol=1e-5, atol=1e-6)
     unit_kept = (fc_dropped != 0)[fc > 0].mean()
     assert 0.45 < unit_kept < 0.55, unit_kept
