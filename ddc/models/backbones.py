@@ -24,7 +24,9 @@ APPLICATIONS = {
     "inception_v3": ("InceptionV3", "tf"),
     "efficientnet_b0": ("EfficientNetB0", "raw"),  # rescales inside the model
 }
-SCRATCH = ("lenet", "lenet_caffe", "lenet_tllib", "alexnet")  # built here, from random init
+# the digits LeNets: name -> (convolution padding, dropout); see ``lenet``
+LENETS = {"lenet": ("same", 0.0), "lenet_caffe": ("valid", 0.0), "lenet_tllib": ("valid", 0.5)}
+SCRATCH = (*LENETS, "alexnet")  # built here, from random initialisation
 PREPROCESS = {**{name: "unit" for name in SCRATCH},
               **{name: mode for name, (_, mode) in APPLICATIONS.items()}}
 
@@ -69,7 +71,8 @@ def _load_error_summary(e: Exception) -> str:
     return first[:400]
 
 
-def lenet(input_shape, padding: str = "same", dropout: float = 0.0) -> keras.Model:
+def lenet(input_shape, padding: str = "same", dropout: float = 0.0,
+          name: str = "lenet") -> keras.Model:
     """The digits CNN at Caffe LeNet widths: two 5x5 convolutions (20, 50) each followed by 2x2
     max pooling, then fc 500.
 
@@ -78,9 +81,9 @@ def lenet(input_shape, padding: str = "same", dropout: float = 0.0) -> keras.Mod
     28 px 2.3 M multiply-adds an image forward against 6.5 M, and 2.35x the DDC step's images/s
     (docs/SPEED.md). ``dropout`` > 0 (backbone ``lenet_tllib``, 0.5) adds TLlib's two dropouts:
     whole channels of conv2's output (PyTorch's ``Dropout2d``, Keras' ``SpatialDropout2D``)
-    and units of fc 500; both are active only in training.
+    and units of fc 500; both are active only in training. ``name``: the backbone name that
+    errors cite.
     """
-    name = {"same": "lenet", "valid": "lenet_tllib" if dropout else "lenet_caffe"}[padding]
     if padding == "valid" and min(input_shape[:2]) < 16:
         raise ConfigError(f"data.image_size: {name}'s unpadded convolutions need at least "
                           f"16 px, got {min(input_shape[:2])}")
@@ -129,10 +132,8 @@ def build_backbone(cfg: ModelConfig, input_shape: tuple, weights: str | None) ->
                               f"expected null, got {weights!r}")
         if cfg.backbone == "alexnet":
             return alexnet(input_shape)
-        if cfg.backbone == "lenet":
-            return lenet(input_shape, padding="same")
-        return lenet(input_shape, padding="valid",
-                     dropout=0.5 if cfg.backbone == "lenet_tllib" else 0.0)
+        padding, dropout = LENETS[cfg.backbone]
+        return lenet(input_shape, padding, dropout, name=cfg.backbone)
     ctor_name, _ = APPLICATIONS[cfg.backbone]
     ctor = getattr(keras.applications, ctor_name)
     kwargs = dict(include_top=False, weights=weights, input_shape=tuple(input_shape), pooling="avg")
