@@ -69,10 +69,15 @@ def test_grid_covers_tasks_methods_and_variants():
     for task in ("usps_mnist", "mnist_usps"):
         assert ({f"{task}/{m}" for m in accuracy.DIGIT_METHODS}
                 | {f"{task}/tllib/{m}" for m in accuracy.TLLIB_DIGIT_METHODS}
-                | (budget if task == "usps_mnist" else set())) == {
+                | (budget | {f"usps_mnist/tllib_sgd/{m}" for m in accuracy.TLLIB_DIGIT_METHODS}
+                   if task == "usps_mnist" else set())) == {
             i for i in ids if i.startswith(f"{task}/")}
     long = next(c for c in cells if c.id == "usps_mnist/long_12000/im_lam1")
     assert {'align={"im": {"weight": 1.0}}', "train.steps=12000"} <= set(long.overrides(0))
+    sgd = next(c for c in cells if c.id == "usps_mnist/tllib_sgd/cdan_lam1")
+    assert {'model.backbone="lenet_tllib"', "model.adapt_bn=true", 'train.optimizer="sgd"',
+            "train.lr=0.01", "train.weight_decay=0.001", 'train.lr_schedule="inv"'} <= set(
+        sgd.overrides(0))
     dann = next(c for c in cells if c.id == "aid_siri_whu/frozen_224_d4_3000/dann_lam1")
     assert {'align={"dann": {"weight": 1.0}}', "data.image_size=224", "train.steps=3000"} <= set(
         dann.overrides(0))
