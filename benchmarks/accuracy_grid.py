@@ -204,7 +204,8 @@ TASKS = [
     # the other direction, a target domain no recipe or rule of this project was made on
     # (added with the rule staged_bnm, before any run of it): the same recipe, roots swapped
     Task("mnist_usps",
-         "MNIST -> USPS (10 classes, Caffe's LeNet, 28 px; the usps_mnist_ddc recipe, 3000 steps)",
+         "MNIST -> USPS (10 classes, 28 px: Caffe's LeNet, and TLlib's in variant tllib; the "
+         "usps_mnist_ddc recipe, 3000 steps)",
          "configs/grid/mnist_usps.json", DIGIT_OVERRIDES, DIGIT_VARIANTS,
          bar="DDC > source only", align_variants=tuple(DIGIT_VARIANTS),
          variant_methods={"": DIGIT_METHODS, "tllib": TLLIB_DIGIT_METHODS}),
