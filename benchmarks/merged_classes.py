@@ -78,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     runs = sorted({d for pattern in args.runs for d in (glob.glob(pattern) or [pattern])})
     target = read_config(runs[0]).data.target
+    if not target.root:
+        p.error(f"{runs[0]}: its target is not a folder tree (data.target.root is unset)")
+    for run in runs[1:]:
+        other = read_config(run).data.target
+        if (other.root, other.class_map) != (target.root, target.class_map):
+            p.error(f"{run}: data.target differs from {runs[0]}'s; give runs of one task")
     class_map = dict(target.class_map or {})
     root = Path(args.data_root) / target.root
     merged = merged_folders(class_map)

@@ -62,3 +62,20 @@ def test_a_map_without_merges_and_no_also_is_an_error_naming_the_run(tmp_path, c
     with pytest.raises(SystemExit):
         merged_classes.main([str(tmp_path / "run"), "--data-root", str(tmp_path)])
     assert f"{tmp_path / 'run'}: data.target.class_map merges no folders" in capsys.readouterr().err
+
+
+def test_runs_of_different_targets_are_an_error_naming_the_odd_run(tmp_path, capsys):
+    from ddc.config import from_dict
+    from ddc.train import train_and_evaluate
+
+    src = make_tree(tmp_path / "src", seed=1)
+    tgt = make_tree(tmp_path / "tgt", classes=("a", "b1", "b2", "c"), seed=2)
+    cfg = tiny_config(src, tgt, steps=1, eval_every=1, checkpoint_every=1)
+    cfg["data"]["target"]["class_map"] = {"a": "a", "b1": "b", "b2": "b", "c": "c"}
+    train_and_evaluate(from_dict(cfg), tmp_path / "run1")
+    cfg["data"]["target"]["class_map"] = {"a": "a", "b1": "b", "b2": "c", "c": "c"}
+    train_and_evaluate(from_dict(cfg), tmp_path / "run2")
+    with pytest.raises(SystemExit):
+        merged_classes.main([str(tmp_path / "run1"), str(tmp_path / "run2"),
+                             "--data-root", str(tmp_path)])
+    assert f"{tmp_path / 'run2'}: data.target differs from" in capsys.readouterr().err
