@@ -57,12 +57,12 @@ def folder_table(per_run: list[dict[str, Counter]], class_map: dict, folders: li
         counts = [run.get(folder, Counter()) for run in per_run]
         n = sum(counts[0].values())
         mapped = class_map.get(folder, folder)
-        own = [c[mapped] / max(sum(c.values()), 1) for c in counts]
+        # each run's share of the folder per predicted class, then averaged over the runs
+        shares = [{k: v / max(sum(c.values()), 1) for k, v in c.items()} for c in counts]
+        own = [s.get(mapped, 0.0) for s in shares]
         others = Counter()
-        for c in counts:
-            for k, v in c.items():
-                if k != mapped:
-                    others[k] += v / max(sum(c.values()), 1) / len(counts)
+        for s in shares:
+            others.update({k: v / len(shares) for k, v in s.items() if k != mapped})
         other, share = others.most_common(1)[0] if others else ("-", 0.0)
         spread = f" ± {100 * statistics.stdev(own):.1f}" if len(own) > 1 else ""
         lines.append(f"| {folder} | {mapped} | {n} | {100 * statistics.fmean(own):.1f}{spread}% "
