@@ -57,8 +57,8 @@ from benchmarks import accuracy_run as run  # noqa: E402
 from benchmarks.accuracy_grid import (  # noqa: E402,F401
     ALIGN_LAMBDAS, COMBOS, CONFIGS, HYPERPARAMETER_RULE, METHODS, MOBILENET_VARIANTS, QUICK,
     PEER_METHODS, QUICK_ALIGN_VARIANTS, QUICK_VARIANTS, FROZEN_METHODS, ADABN_METHODS,
-    LONG_METHODS, LS_METHODS, DIGIT_METHODS, TLLIB_DIGIT_METHODS, BUDGET_DIGIT_METHODS,
-    REPO, SHARED,
+    LONG_METHODS, LS_METHODS, DIGIT_METHODS, TLLIB_DIGIT_METHODS, TLLIB_PAIR_METHODS,
+    BUDGET_DIGIT_METHODS, REPO, SHARED,
     TASKS, TASKS_BY_NAME, Cell, Method, Task, _method, _term_summary, build_grid, combo_methods,
     effective, matches, method_family, method_peer, method_term, method_title, methods_for,
     registry_methods,

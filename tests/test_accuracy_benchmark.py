@@ -68,12 +68,17 @@ def test_grid_covers_tasks_methods_and_variants():
     budget = {f"usps_mnist/long_12000/{m}" for m in accuracy.BUDGET_DIGIT_METHODS}
     for task in ("usps_mnist", "mnist_usps"):
         assert ({f"{task}/{m}" for m in accuracy.DIGIT_METHODS}
-                | {f"{task}/tllib/{m}" for m in accuracy.TLLIB_DIGIT_METHODS}
+                | {f"{task}/tllib/{m}" for m in accuracy.TLLIB_PAIR_METHODS}
                 | (budget | {f"usps_mnist/tllib_sgd/{m}" for m in accuracy.TLLIB_DIGIT_METHODS}
                    if task == "usps_mnist" else set())) == {
             i for i in ids if i.startswith(f"{task}/")}
     long = next(c for c in cells if c.id == "usps_mnist/long_12000/im_lam1")
     assert {'align={"im": {"weight": 1.0}}', "train.steps=12000"} <= set(long.overrides(0))
+    pair = next(c for c in cells if c.id == "mnist_usps/tllib/mcc+pseudo_label")
+    assert {'model.backbone="lenet_tllib"', "model.adapt_bn=true",
+            'align={"mcc": {"weight": 1.0}, "pseudo_label": {"weight": 1.0}}'} <= set(
+        pair.overrides(0))
+    assert not any(i.startswith(("usps_mnist/tllib_sgd/mcc+", "usps_mnist/mcc+")) for i in ids)
     sgd = next(c for c in cells if c.id == "usps_mnist/tllib_sgd/cdan_lam1")
     assert {'model.backbone="lenet_tllib"', "model.adapt_bn=true", 'train.optimizer="sgd"',
             "train.lr=0.01", "train.weight_decay=0.001", 'train.lr_schedule="inv"'} <= set(
