@@ -32,7 +32,13 @@ HISTORY = (
     "the best target-only validator of Musgrave et al. 2022's benchmark of 1,000,000 "
     "checkpoints. Whoever chose it had seen these tasks' target accuracies (not their BNM), so "
     "its picks here are a weaker test than on a new target domain; `staged_im` is printed "
-    "beside it.")
+    "beside it. `staged_bnm` then picked a pair with IM on SIRI-WHU -> AID, AID -> SIRI-WHU and "
+    "MNIST -> USPS where MCC alone scored higher: BNM rewards what IM's loss maximises "
+    "(confident predictions spread evenly over the classes). `staged_agree` replaced it as ours "
+    "on 2026-12-07, pre-registered (commit of that date, before the agreement of any run was "
+    "computed): the same two stages, then the highest agreement with the consensus of the "
+    "group's eligible runs, a score no method optimises. Whoever chose it had seen every target "
+    "accuracy of this grid (not the agreement); `staged_bnm` stays printed beside it.")
 
 
 def check_bars(summaries: list[dict]) -> list[dict]:
@@ -53,6 +59,46 @@ def check_bars(summaries: list[dict]) -> list[dict]:
     return checks
 
 
+def _source_only_reference(summaries: list[dict]):
+    """``cell -> float``: the source validation accuracy of the source-only cell of the same
+    task and variant (None where there is none)."""
+    base = {(s["task"], s["variant"]): s for s in summaries if s["method"] == "source_only"}
+
+    def reference(s):
+        ref = base.get((s["task"], s["variant"]))
+        return ref["source_val_acc"] if ref else None
+    return reference
+
+
+def _run_predictions(cell: dict):
+    """The target softmax predictions of each seed of ``cell`` from its run directories
+    (``ddc.train.rundir.TARGET_PROBS``), or None if a run directory or its file is missing."""
+    from ddc.train.rundir import load_target_probs
+
+    dirs = cell.get("run_dirs") or []
+    probs = [load_target_probs(d if Path(d).is_absolute() else grid.REPO / d) for d in dirs]
+    return probs if probs and all(p is not None for p in probs) else None
+
+
+def add_agreement(summaries: list[dict]) -> None:
+    """Sets each of our cells' ``target_agreement`` (the ``staged_agree`` score,
+    ``ddc.selection.group_agreement``: its runs' agreement with the consensus of the eligible
+    cells of its task and variant) where every such cell's run directories hold their target
+    predictions; elsewhere a cell keeps the value it was read back with (``--reuse``), which was
+    computed against the group as it was then."""
+    from ddc.selection import group_agreement
+
+    reference = _source_only_reference(summaries)
+    for task in grid.TASKS:
+        cells = [s for s in summaries if s["task"] == task.name
+                 and not grid.method_peer(s["task"], s["method"])]
+        scores = group_agreement(cells, _run_predictions, reference_source_val=reference,
+                                 group=lambda c: c["variant"])
+        for cell, a in zip(cells, scores):
+            if a is not None:
+                cell["target_agreement"] = a
+
+
 def model_selection(summaries: list[dict]) -> list[dict]:
     """For each task and each rule of ``ddc.selection.RULES``: the cell it picks among the
     task's cells that have the rule's score (mean over seeds; cells read back from a file
@@ -63,10 +109,7 @@ def model_selection(summaries: list[dict]) -> list[dict]:
     from ddc.selection import RULES, score, select
 
     base = {(s["task"], s["variant"]): s for s in summaries if s["method"] == "source_only"}
-
-    def reference(s):
-        ref = base.get((s["task"], s["variant"]))
-        return ref["source_val_acc"] if ref else None
+    reference = _source_only_reference(summaries)
 
     def spread(s):
         ref = base.get((s["task"], s["variant"]))
@@ -76,7 +119,7 @@ def model_selection(summaries: list[dict]) -> list[dict]:
         return {k: s.get(k) for k in ("id", "target_acc", "target_acc_std", "target_acc_tta",
                                       "source_val_acc", "target_snd", "target_entropy",
                                       "target_pred_entropy", "target_bnm", "target_im",
-                                      "source_val_dev")}
+                                      "target_agreement", "source_val_dev")}
 
     out = []
     for task in grid.TASKS:
@@ -260,11 +303,15 @@ def render(summaries: list[dict], checks: list[dict], command: str, machine: str
                   "samples, `IM` the information-maximisation score (nats), `DEV` deep embedded "
                   "validation (an estimate of the target cross-entropy from the source "
                   "validation set; lower is better; only runs trained or rescored since DEV "
-                  "existed have it, and the rules `dev` and `staged_dev` choose among those).",
+                  "existed have it, and the rules `dev` and `staged_dev` choose among those); "
+                  "`agreement` the share (%) of target samples the picked cell's runs put in "
+                  "the class of its group's consensus (only groups whose every eligible run "
+                  "has saved or rescored target predictions have it).",
                   "",
                   "| task | rule | candidates | picked cell | target acc | with D4 TTA | src val | "
-                  "SND | BNM | IM | DEV | entropy | pred. class entropy | best cell (not used) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "SND | BNM | IM | agreement | DEV | entropy | pred. class entropy | "
+                  "best cell (not used) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in picks:
             b = p["best_cell"]
             mark = "**" if p["rule"] == DEFAULT_RULE else ""
@@ -273,7 +320,8 @@ def render(summaries: list[dict], checks: list[dict], command: str, machine: str
                 f"{mark}{_pct(p['target_acc'], p['target_acc_std'])}{mark} | "
                 f"{_pct(p['target_acc_tta'])} | {_pct(p['source_val_acc'])} | "
                 f"{p['target_snd']:.3f} | {_num(p.get('target_bnm'), '.4f')} | "
-                f"{_num(p.get('target_im'))} | {_num(p.get('source_val_dev'))} | "
+                f"{_num(p.get('target_im'))} | {_pct(p.get('target_agreement'))} | "
+                f"{_num(p.get('source_val_dev'))} | "
                 f"{p['target_entropy']:.3f} | "
                 f"{_num(p.get('target_pred_entropy'))} | "
                 f"{b['id']}: {_pct(b['target_acc'], b['target_acc_std'])} |")
@@ -360,6 +408,7 @@ def _write_report(args, cells, seeds, summaries, out_md, out_json, command,
             "(`ddc.train.feature_cache`, as a CLI run does): the first run of a backbone variant "
             f"extracts it; {extracted} views extracted, {cached} read from the cache by the runs "
             "of this report. `setup s` is what the same config costs from the command line.")
+    add_agreement(summaries)
     picks = model_selection(summaries)
     reading = Path(args.reading).read_text() if getattr(args, "reading", None) else ""
     text = render(summaries, checks, command, _machine(), date, notes, picks, reading)

@@ -25,7 +25,8 @@ from ddc.sweep import config_hash  # noqa: F401  (re-exported: the hash in a run
 # written into a run directory once its run returned: a run without it is not finished
 RUN_META = "accuracy_benchmark.json"
 # label-free scores added after a run was trained, recomputed from its final checkpoint
-# (``rescore_run``); its results.json stays as the run wrote it
+# (``rescore_run``), and its target predictions (``ddc.train.rundir.TARGET_PROBS``) if it was
+# trained before runs saved them; its results.json stays as the run wrote it
 RESCORED = "rescored.json"
 RESCORED_KEYS = ("target_bnm", "target_im", "source_val_dev")
 
@@ -76,13 +77,17 @@ def rescore_run(workdir: Path, data_root: Path, weights_root: Path,
                 complete: bool = True) -> dict:
     """``RESCORED_KEYS`` of a finished run of ours from its final checkpoint
     (``ddc.train.rescore``, in a fresh process like every run), written to ``RESCORED`` in its
-    directory and read back from there afterwards (recomputed if it lacks a key of
-    ``RESCORED_KEYS`` added since, with ``complete``; else read back as it is). The recomputed
+    directory, with the target predictions if the run has none, and read back from there
+    afterwards (recomputed if it lacks a key of ``RESCORED_KEYS`` added since or the
+    predictions, with ``complete``; else read back as it is). The recomputed
     evaluation must reproduce the run's own target accuracy and SND (the same checkpoint on the
     same inputs), or this raises."""
+    from ddc.train.rundir import TARGET_PROBS
+
     path = Path(workdir) / RESCORED
-    if not path.exists() or complete and any(k not in json.loads(path.read_text())
-                                             for k in RESCORED_KEYS):
+    if not path.exists() or complete and (
+            any(k not in json.loads(path.read_text()) for k in RESCORED_KEYS)
+            or not (Path(workdir) / TARGET_PROBS).exists()):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--rescore", str(workdir),
                "--data-root", str(data_root), "--weights-root", str(weights_root)]
         env = {**os.environ, "PYTHONPATH": str(grid.REPO)}
@@ -93,6 +98,7 @@ def rescore_run(workdir: Path, data_root: Path, weights_root: Path,
 
 def _rescore_main(workdir: Path, data_root: str, weights_root: str) -> None:
     from ddc.train import rescore
+    from ddc.train.rundir import TARGET_PROBS, save_target_probs
 
     results = json.loads((workdir / "results.json").read_text())
     rec = rescore(workdir, data_root=data_root, weights_root=weights_root)
@@ -100,6 +106,8 @@ def _rescore_main(workdir: Path, data_root: str, weights_root: str) -> None:
         if abs(rec[key] - results[key]) > 1e-6:
             raise SystemExit(f"{workdir}: the recomputed {key} {rec[key]} is not the run's "
                              f"{results[key]}: not the checkpoint or inputs it was evaluated on")
+    if not (workdir / TARGET_PROBS).exists():  # a run's own predictions are not replaced
+        save_target_probs(workdir, rec["target_probs"])
     out = {k: rec[k] for k in RESCORED_KEYS}
     (workdir / RESCORED).write_text(json.dumps({**out, "step": rec["step"]}, indent=2))
 
@@ -107,8 +115,8 @@ def _rescore_main(workdir: Path, data_root: str, weights_root: str) -> None:
 def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
                   weights_root: Path, rescore: bool = False) -> dict:
     """Trains one seed of ``cell`` (or reads back a finished run of the same config; with
-    ``rescore``, a run of ours written before a score of ``RESCORED_KEYS`` existed gets it
-    from ``rescore_run``).
+    ``rescore``, a run of ours written before a score of ``RESCORED_KEYS`` or before runs
+    saved their target predictions gets them from ``rescore_run``).
 
     Returns:
         The run's ``results.json`` plus ``run_dir``, ``overrides``, ``config``, ``resumed`` and
@@ -117,6 +125,7 @@ def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
     import keras
 
     from ddc.config import load
+    from ddc.train.rundir import TARGET_PROBS
 
     overrides = cell.overrides(seed)
     cfg = load(grid.REPO / cell.task.base, overrides)
@@ -144,8 +153,9 @@ def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
         resumed = False
     if cell.method.peer:  # a peer's results.json has its own keys (adapt_cells)
         res = {"wall_time_s": res.get("train_time_s"), "dropped_classes": {}, **res}
-    elif any(res.get(k) is None for k in RESCORED_KEYS) and (
-            rescore or (workdir / RESCORED).exists()):
+    elif (any(res.get(k) is None for k in RESCORED_KEYS)
+          and (rescore or (workdir / RESCORED).exists())
+          or rescore and not (workdir / TARGET_PROBS).exists()):
         res = {**res, **{k: v for k, v in rescore_run(workdir, data_root, weights_root,
                                                       complete=rescore).items()
                          if k in RESCORED_KEYS and res.get(k) is None}}

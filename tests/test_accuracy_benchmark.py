@@ -4,6 +4,7 @@ and its grid, override and bar logic, so the benchmark code cannot rot."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import DATA_ROOT, REPO, WEIGHTS_ROOT
@@ -169,9 +170,11 @@ def test_overrides_resolve_to_valid_configs_of_each_method():
             assert cfg.data.image_size == (224 if cell.variant.startswith("frozen_224") else 128)
             assert cfg.train.steps == 7  # the invocation's --set wins over the variant's 3000
             assert cfg.model.adabn == (cell.variant == "frozen_adabn")
-    # every registered method, and source only, on each MobileNetV2 task; USPS: a few (CPU)
+    # every registered method, and source only, on each MobileNetV2 task; USPS: a few (CPU),
+    # pseudo-labels only beside MCC (the pair of variant tllib)
     assert seen["siri_whu_aid"] == seen["aid_siri_whu"] == {""} | set(REGISTRY)
-    assert seen["usps_mnist"] == seen["mnist_usps"] == {"", "mmd", "mcc", "im", "entropy", "cdan"}
+    assert seen["usps_mnist"] == seen["mnist_usps"] == {"", "mmd", "mcc", "im", "entropy", "cdan",
+                                                        "pseudo_label"}
     mnist = load(accuracy.REPO / "configs/grid/mnist_usps.json")
     usps = load(accuracy.REPO / "configs/usps_mnist_ddc.json")
     # the other direction of the same recipe: only the roots (and the name) differ
@@ -225,42 +228,48 @@ def test_effective_overrides_keep_the_last_value_of_a_key():
 
 
 def test_model_selection_picks_among_our_cells_only_and_reports_targets_and_peers():
-    def s(variant, method, src_val, acc, snd, entropy=0.5, train_s=10.0, bnm=0.1, im=1.0):
+    def s(variant, method, src_val, acc, snd, entropy=0.5, train_s=10.0, bnm=0.1, im=1.0,
+          agree=0.8):
         return {"task": "siri_whu_aid", "variant": variant, "method": method,
                 "id": f"siri_whu_aid/{variant}/{method}", "source_val_acc": src_val,
                 "target_acc": acc, "target_acc_std": 0.01, "target_acc_tta": acc + 0.02,
                 "target_snd": snd, "target_entropy": entropy, "wall_time_s": train_s,
-                "setup_time_s": 2.0, "target_bnm": bnm, "target_im": im}
+                "setup_time_s": 2.0, "target_bnm": bnm, "target_im": im,
+                "target_agreement": agree}
     summaries = [
         s("frozen", "source_only", 0.90, 0.52, 5.90),
-        s("frozen", "mcc_lam1", 0.88, 0.64, 6.00, entropy=0.1, bnm=0.5, im=2.0),
+        s("frozen", "mcc_lam1", 0.88, 0.64, 6.00, entropy=0.1, bnm=0.5, im=2.0, agree=0.97),
         # collapsed: the highest SND and lowest entropy, its source accuracy gone
-        s("frozen", "dann_lam1", 0.20, 0.08, 7.00, entropy=0.01, bnm=0.01, im=0.0),
+        s("frozen", "dann_lam1", 0.20, 0.08, 7.00, entropy=0.01, bnm=0.01, im=0.0, agree=0.3),
         s("frozen_224_d4_3000", "source_only", 0.91, 0.55, 5.80),
-        s("frozen_224_d4_3000", "im_lam1", 0.89, 0.66, 5.95, bnm=0.3, im=1.5),
+        s("frozen_224_d4_3000", "im_lam1", 0.89, 0.66, 5.95, bnm=0.3, im=1.5, agree=0.90),
         # best target acc: never used
-        s("frozen_224_d4_3000", "mcc_lam1", 0.89, 0.71, 5.90, bnm=0.25, im=1.8),
-        s("frozen_224_d4_3000", "adapt_cdan", 0.88, 0.60, 9.00, train_s=12.5, bnm=9.0),  # a peer
+        s("frozen_224_d4_3000", "mcc_lam1", 0.89, 0.71, 5.90, bnm=0.25, im=1.8, agree=0.93),
+        s("frozen_224_d4_3000", "adapt_cdan", 0.88, 0.60, 9.00, train_s=12.5, bnm=9.0,
+          agree=0.99),  # a peer
         {**s("frozen", "dan_lam1", 0.9, 0.5, 0.0), "target_snd": None},   # no SND ...
-        {**s("frozen", "jmmd_lam1", 0.9, 0.5, 5.0, bnm=None, im=None)}]  # ... no BNM, IM
+        {**s("frozen", "jmmd_lam1", 0.9, 0.5, 5.0, bnm=None, im=None, agree=None)}]  # no BNM..
     picks = {p["rule"]: p for p in accuracy.model_selection(summaries)}
     assert picks["snd_guarded"]["id"] == "siri_whu_aid/frozen/mcc_lam1"
     assert picks["snd"]["id"] == picks["entropy"]["id"] == "siri_whu_aid/frozen/dann_lam1"
     assert picks["source_val"]["id"] == "siri_whu_aid/frozen_224_d4_3000/source_only"
     # the variant whose source only validates best, then the highest SND within it
     assert picks["staged_snd"]["id"] == "siri_whu_aid/frozen_224_d4_3000/im_lam1"
-    # ours: the same variant, then the highest BNM (a score the peer's 9.0 does not enter)
+    # the same variant, then the highest BNM (a score the peer's 9.0 does not enter)
     assert picks["staged_bnm"]["id"] == "siri_whu_aid/frozen_224_d4_3000/im_lam1"
     assert picks["staged_im"]["id"] == "siri_whu_aid/frozen_224_d4_3000/mcc_lam1"
-    # the cells with the rule's score (jmmd has SND but no BNM or IM; one without SND is none's)
+    # ours: the same variant, then the highest agreement (not the peer's, nor the other input's)
+    assert picks["staged_agree"]["id"] == "siri_whu_aid/frozen_224_d4_3000/mcc_lam1"
+    # the cells with the rule's score (jmmd has SND but no BNM, IM or agreement; one without
+    # SND is none's)
     assert {r: p["candidates"] for r, p in picks.items()} == {
-        r: (6 if r in ("staged_bnm", "staged_im") else 7) for r in picks}
+        r: (6 if r in ("staged_bnm", "staged_im", "staged_agree") else 7) for r in picks}
     assert picks["staged_snd"]["best_cell"]["id"] == "siri_whu_aid/frozen_224_d4_3000/mcc_lam1"
     text = "\n".join(accuracy_report.targets(summaries, list(picks.values())))
-    assert ("| siri_whu_aid | 70 | siri_whu_aid/frozen_224_d4_3000/im_lam1 | 66.0 ± 1.0 | 68.0 | "
-            "not met |") in text
+    assert ("| siri_whu_aid | 70 | siri_whu_aid/frozen_224_d4_3000/mcc_lam1 | 71.0 ± 1.0 | 73.0 | "
+            "**met** |") in text
     peers = "\n".join(accuracy_report.peer_comparison(summaries, list(picks.values())))
-    assert ("+6.0 points from the best ADAPT cell (siri_whu_aid/frozen_224_d4_3000/adapt_cdan; "
+    assert ("+11.0 points from the best ADAPT cell (siri_whu_aid/frozen_224_d4_3000/adapt_cdan; "
             "the same variant") in peers
     assert "| siri_whu_aid/frozen_224_d4_3000/adapt_cdan | 60.0 ± 1.0 | 88.0 | 12.5 | 2.0 |" in peers
 
@@ -309,6 +318,19 @@ def test_smallest_cell_end_to_end_writes_the_row_and_resumes(tmp_path):
     again = json.loads((tmp_path / "runs" / "results.json").read_text())["cells"][0]
     assert again["run_dirs"] == [run_dir] and again["target_acc"] == cell["target_acc"]
     assert again["total_wall_s"] == cell["total_wall_s"]
+    # the run saved its target predictions; alone in its group, its one seed is the consensus
+    from ddc.train.rundir import TARGET_PROBS
+    saved = np.load(Path(run_dir) / TARGET_PROBS)
+    assert saved.shape[1] == 10 and cell["target_agreement"] == 1.0
+    # a run from before they were saved gets them by --rescore (the same checkpoint's)
+    (Path(run_dir) / TARGET_PROBS).unlink()
+    accuracy.main(args)
+    assert not (Path(run_dir) / TARGET_PROBS).exists()
+    assert json.loads((tmp_path / "runs" / "results.json").read_text())["cells"][0].get(
+        "target_agreement") is None   # without predictions, no score
+    accuracy.main(args + ["--rescore"])
+    np.testing.assert_allclose(np.load(Path(run_dir) / TARGET_PROBS), saved, atol=1e-3)
+    (Path(run_dir) / "rescored.json").unlink()   # written by that rescoring
     # a run written before BNM and IM existed: --rescore recomputes them from its checkpoint
     res_path = Path(run_dir) / "results.json"
     res = json.loads(res_path.read_text())

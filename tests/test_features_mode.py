@@ -91,6 +91,15 @@ def test_rescore_recomputes_the_final_evaluation_from_the_checkpoint(tmp_path, t
     p /= p.sum(1, keepdims=True)
     assert bnm(p) == pytest.approx(res["target_bnm"], rel=1e-5)
     assert information_maximization(p) == pytest.approx(res["target_im"], rel=1e-5)
+    # the run saved those target predictions (float16, the target's order), and rescore
+    # returns them too
+    from ddc.train.rundir import TARGET_PROBS, load_target_probs
+    saved = load_target_probs(tmp_path / "run")
+    assert np.load(tmp_path / "run" / TARGET_PROBS).dtype == np.float16
+    np.testing.assert_allclose(saved, p, atol=2e-3)
+    np.testing.assert_allclose(rec["target_probs"], p, atol=1e-5)
+    assert (saved.argmax(1) == dom.labels).mean() == pytest.approx(res["target_acc"])
+    assert load_target_probs(tmp_path / "nothing") is None
     # DEV: the source validation losses weighed by a domain classifier on the features of the
     # source validation images against the target's (no target label)
     val = load_eval_domain(run, "source_val")

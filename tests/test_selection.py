@@ -99,14 +99,15 @@ def test_select_by_each_rule_and_the_guard_against_collapse():
             {"id": "collapsed", "source_val_acc": 0.40, "target_entropy": 0.01,
              "target_snd": 7.5},
             {"id": "old", "source_val_acc": 0.95, "target_entropy": None, "target_snd": None}]
-    for r, (bnm, im, dev) in zip(runs, [(0.30, 1.5, 0.6), (0.20, 1.2, 0.4), (0.05, 0.1, 3.0),
-                                        (None, None, None)]):
-        r.update(target_bnm=bnm, target_im=im, source_val_dev=dev)
+    for r, (bnm, im, dev, agree) in zip(runs, [(0.30, 1.5, 0.6, 0.90), (0.20, 1.2, 0.4, 0.95),
+                                               (0.05, 0.1, 3.0, 0.99), (None, None, None, None)]):
+        r.update(target_bnm=bnm, target_im=im, source_val_dev=dev, target_agreement=agree)
     picks = {rule: select(runs, rule, reference_source_val=0.92)["id"] for rule in RULES}
     # the staged rules without groups: the source guard (0.92 - 0.05) keeps a, b; a scores highest
     assert picks == {"source_val": "old", "entropy": "collapsed", "snd": "collapsed",
                      "snd_guarded": "b", "staged_snd": "b", "staged_snd_diverse": "b",
-                     "staged_bnm": "a", "staged_im": "a", "dev": "b", "staged_dev": "b"}
+                     "staged_bnm": "a", "staged_im": "a", "staged_agree": "b", "dev": "b",
+                     "staged_dev": "b"}
     # a per-run reference (each run's own source-only run); none eligible: the guard is dropped
     assert select(runs, "snd_guarded", reference_source_val=lambda r: 0.99)["id"] == "collapsed"
     assert select(runs[3:], "snd") is None
@@ -216,8 +217,7 @@ def test_bnm_and_im_score_a_collapse_low_and_confident_diverse_predictions_high(
 
 
 def test_staged_bnm_picks_the_input_then_the_highest_bnm_within_the_guard():
-    from ddc.selection import DEFAULT_RULE, select
-    assert DEFAULT_RULE == "staged_bnm"
+    from ddc.selection import select
 
     def run(variant, method, val, bnm):
         return {"id": f"{variant}/{method}", "variant": variant, "source_val_acc": val,
@@ -227,8 +227,75 @@ def test_staged_bnm_picks_the_input_then_the_highest_bnm_within_the_guard():
             run("224", "broken", 0.80, 0.40), run("224", "im", 0.88, 0.20)]
     ref = {"128": 0.88, "224": 0.90}
     kw = dict(reference_source_val=lambda r: ref[r["variant"]], group=lambda r: r["variant"])
-    assert select(runs, **kw)["id"] == "224/mcc"   # not 128/mcc (other input), not broken (guard)
-    assert select(runs, guard=0.2, **kw)["id"] == "224/broken"
+    bnm = dict(rule="staged_bnm", **kw)
+    assert select(runs, **bnm)["id"] == "224/mcc"   # not 128/mcc (other input), not broken (guard)
+    assert select(runs, guard=0.2, **bnm)["id"] == "224/broken"
+    # the input is chosen among every run, scored or not: without BNM in the 224 px group there
+    # is no pick (not the best BNM of the other input)
+    no_bnm = [{**r, "target_bnm": None} if r["variant"] == "224" else r for r in runs]
+    assert select(no_bnm, **bnm) is None
+    assert select(no_bnm[:2], **bnm)["id"] == "128/mcc"
+
+
+# ----------------------------------------------------------------------------- agreement
+
+def _agreement_loops(probs):
+    """Each model's share of samples whose argmax is the argmax of the models' mean, by loops."""
+    m, n, k = len(probs), len(probs[0]), len(probs[0][0])
+    out = []
+    for a in range(m):
+        hits = 0
+        for i in range(n):
+            mean = [sum(probs[b][i][c] for b in range(m)) / m for c in range(k)]
+            vote = max(range(k), key=lambda c: (mean[c], -c))
+            own = max(range(k), key=lambda c: (probs[a][i][c], -c))
+            hits += own == vote
+        out.append(hits / n)
+    return out
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 5, 3), (4, 50, 7), (7, 200, 11)])
+def test_consensus_agreement_matches_loops(m, n, k):
+    from ddc.selection import consensus_agreement
+    rng = np.random.default_rng(m * n)
+    probs = rng.dirichlet(np.full(k, 0.3), size=(m, n))
+    got = consensus_agreement(list(probs))
+    np.testing.assert_allclose(got, _agreement_loops(probs.tolist()), atol=1e-12)
+    assert m > 1 or got[0] == 1.0   # one model agrees with itself
+    with pytest.raises(ValueError, match=r"\[M, N, K\]"):
+        consensus_agreement(probs[0])
+
+
+def test_group_agreement_votes_with_eligible_runs_only_and_scores_per_group():
+    from ddc.selection import DEFAULT_RULE, group_agreement, select
+    assert DEFAULT_RULE == "staged_agree"
+    rng = np.random.default_rng(0)
+    preds = {name: [rng.dirichlet(np.ones(4), size=30) for _ in range(seeds)]
+             for name, seeds in (("so", 2), ("mcc", 2), ("im", 2), ("broken", 2), ("b/so", 1))}
+    runs = [{"id": "so", "variant": "a", "source_val_acc": 0.90},
+            {"id": "mcc", "variant": "a", "source_val_acc": 0.88},
+            {"id": "im", "variant": "a", "source_val_acc": 0.86},
+            {"id": "broken", "variant": "a", "source_val_acc": 0.50},
+            {"id": "b/so", "variant": "b", "source_val_acc": 0.80}]
+    ref = {"a": 0.90, "b": 0.80}
+    kw = dict(reference_source_val=lambda r: ref[r["variant"]], group=lambda r: r["variant"])
+    got = group_agreement(runs, lambda r: preds[r["id"]], **kw)
+    # group a: the six seeds of so, mcc and im vote (broken is 0.40 below its reference)
+    voters = [p for name in ("so", "mcc", "im") for p in preds[name]]
+    each = _agreement_loops([p.tolist() for p in voters])
+    assert got[:3] == pytest.approx([np.mean(each[0:2]), np.mean(each[2:4]),
+                                     np.mean(each[4:6])], abs=1e-12)
+    assert got[3] is None and got[4] == 1.0   # not eligible; one run of one seed in its group
+    # a group with an eligible run whose predictions are missing gets no score
+    missing = group_agreement(runs, lambda r: None if r["id"] == "im" else preds[r["id"]], **kw)
+    assert missing[:4] == [None] * 4 and missing[4] == 1.0
+    # the rule reads the score: group a (the higher reference), then the highest agreement
+    scored = [{**r, "target_agreement": a} for r, a in zip(runs, got)]
+    best = max(range(3), key=lambda i: got[i])
+    assert select(scored, "staged_agree", **kw)["id"] == runs[best]["id"]
+    with pytest.raises(ValueError, match="differ in shape"):
+        group_agreement(runs, lambda r: [p[:20] for p in preds[r["id"]]] if r["id"] == "im"
+                        else preds[r["id"]], **kw)
 
 
 # ----------------------------------------------------------------------------- DEV

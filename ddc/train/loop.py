@@ -24,7 +24,8 @@ from ddc.train.history import InterruptFlag, read_history, write_history
 from ddc.train.optim import progress_lr
 from ddc.train.run import Run, Stage
 from ddc.train.rundir import (RunError, attach_run_log, check_workdir, prepare_workdir,
-                              replaced_runs, setup_logging, write_json_atomic)
+                              replaced_runs, save_target_probs, setup_logging,
+                              write_json_atomic)
 from ddc.train.schedules import progress_at, term_weights
 from ddc.train.summaries import write_hparams
 
@@ -87,8 +88,8 @@ def rescore(workdir: str | Path, *, data_root: str | Path | None = None,
             weights_root: str | Path | None = None) -> dict:
     """The final evaluation of a finished run, recomputed from its latest checkpoint: the
     record ``Run.evaluate`` returns (accuracies and every label-free score of
-    ``ddc.selection``; no test-time augmentation), for a score added after the run was
-    trained. Reads the run's ``config.json``, its data (the feature cache in mode "features")
+    ``ddc.selection``; no test-time augmentation) and ``target_probs`` (the target's softmax
+    predictions, [N, K]), for a score added after the run was trained. Reads the run's ``config.json``, its data (the feature cache in mode "features")
     and checkpoint; writes nothing.
 
     Raises:
@@ -114,7 +115,8 @@ def rescore(workdir: str | Path, *, data_root: str | Path | None = None,
         stage = Stage(run, head_only=step < cfg.train.head_only_steps)
         stage.checkpoint.restore(stage.manager.latest_checkpoint).expect_partial()
         rec = run.evaluate(step, final=True)
-        return {k: v for k, v in rec.items() if not k.startswith("_")}
+        return {**{k: v for k, v in rec.items() if not k.startswith("_")},
+                "target_probs": rec["_target_probs"]}
     finally:
         keras.mixed_precision.set_global_policy(before)
 
@@ -232,6 +234,7 @@ def _train(run: Run, resume: bool) -> dict:
     ips = timed_steps * per_step / train_time if timed_steps and train_time > 0 else None
     results = _results(run, history, last_report, stage, ips, time.time() - t_begin)
     if run.is_chief:
+        save_target_probs(workdir, last_report["_target_probs"])
         write_json_atomic(workdir / "results.json", results)
         write_hparams(workdir, run.cfg.to_dict(), results)
     log.info("done: target acc %.4f (mean per class %.4f)%s; %s; results in %s",

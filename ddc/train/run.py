@@ -14,6 +14,7 @@ from ddc.align import needs_target, network_layers
 from ddc.config import Config
 from ddc.data.prepare import RunData
 from ddc.data.views import D4, ViewedImages, augment_views
+from ddc.metrics import softmax
 from ddc.models import apply_freeze, build_network, resolve_weights, variable_counts
 from ddc.models.adabn import cached_statistics, statistics_applied
 from ddc.models.split import split_at_frozen_prefix
@@ -237,7 +238,8 @@ class Run:
                "source_val_dev": dev_risk,
                "target_acc": tgt["accuracy"],
                "target_mean_class_acc": tgt["mean_class_accuracy"],
-               "_target_report": tgt}
+               "_target_report": tgt,
+               "_target_probs": softmax(tgt_logits)}
         if t.tta:  # softmax averaged over the eight D4 views
             val_tta = (tta_report(self.predict, self.tta_arrays["source_val"],
                                   self.data.source_val.labels, names, t.eval_batch_size)

@@ -8,7 +8,10 @@ Layout of a run directory::
     tensorboard/       TensorBoard event files
     metrics.jsonl      one line per evaluation
     results.json       final metrics (written atomically at the end)
-    eval/              the learning curves and confusion matrix as PNGs
+    eval/              the learning curves and confusion matrix as PNGs, and
+                       target_probs.npy: the final softmax predictions of the target samples
+                       (float16 [N, K], in the order of the target's files), for comparing
+                       runs without their checkpoints (``ddc.selection.consensus_agreement``)
     .replaced-<time>/  after ``--restart``: the earlier run's files, until the new run saves
                        its first checkpoint
 
@@ -43,13 +46,39 @@ class RunError(RuntimeError):
     """A run that cannot start or go on; the message says why and what to do."""
 
 
+TARGET_PROBS = Path("eval") / "target_probs.npy"
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Writes ``text`` to a temporary name in the same folder, then renames: never half-written."""
+    _write_atomic(path, "w", lambda f: f.write(text))
+
+
+def save_target_probs(workdir: Path, probs) -> Path:
+    """``probs`` [N, K] as float16 to the run's ``TARGET_PROBS``, written atomically."""
+    import numpy as np
+
+    path = Path(workdir) / TARGET_PROBS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, "wb", lambda f: np.save(f, np.asarray(probs, np.float16)))
+    return path
+
+
+def load_target_probs(workdir: Path):
+    """float32 [N, K]: the run's ``TARGET_PROBS``, or None if it has none (a run finished
+    before they were saved: ``ddc.train.rescore`` recomputes them)."""
+    import numpy as np
+
+    path = Path(workdir) / TARGET_PROBS
+    return np.load(path).astype(np.float32) if path.exists() else None
+
+
+def _write_atomic(path: Path, mode: str, write) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
