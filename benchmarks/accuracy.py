@@ -104,8 +104,9 @@ def parse_args(argv):
                    "or read back by --reuse, and list the others as not run")
     p.add_argument("--rescore", action="store_true",
                    help="finished runs of ours written before a label-free score of "
-                   "accuracy_run.RESCORED_KEYS existed get it from their final checkpoint "
-                   "(a few seconds a run; saved beside their results.json)")
+                   "accuracy_run.RESCORED_KEYS existed, or before runs saved their target "
+                   "predictions, get them from their final checkpoint (a few seconds a run; "
+                   "saved in their run directory); with --only, the cells of --only")
     p.add_argument("--reading", default=None, metavar="MARKDOWN_FILE",
                    help="a markdown file included as the report's reading of its numbers (e.g. "
                    "docs/results_reading.md: what was tried, why a target is not met)")
@@ -183,8 +184,9 @@ def _run_grid(args, cells, seeds, runs, out_md, out_json, command, trained=None)
         for j, seed in enumerate(seeds):
             print(f"[accuracy {i * len(seeds) + j + 1}/{total}, {time.time() - t_start:.0f} s] "
                   f"{cell.id} seed {seed}", file=sys.stderr, flush=True)
-            results.append(run.run_cell_seed(cell, seed, runs, Path(args.data_root),
-                                             Path(args.weights_root), args.rescore))
+            results.append(run.run_cell_seed(
+                cell, seed, runs, Path(args.data_root), Path(args.weights_root),
+                args.rescore and (trained is None or cell.id in trained)))
         return run.summarize(cell, results)
 
     to_train = []

@@ -328,6 +328,9 @@ def test_smallest_cell_end_to_end_writes_the_row_and_resumes(tmp_path):
     assert not (Path(run_dir) / TARGET_PROBS).exists()
     assert json.loads((tmp_path / "runs" / "results.json").read_text())["cells"][0].get(
         "target_agreement") is None   # without predictions, no score
+    # with --only, --rescore reaches the cells of --only (here a cell with no runs: --no-train)
+    accuracy.main(args + ["--rescore", "--no-train", "--only", "usps_mnist/ddc_gauss_biased"])
+    assert not (Path(run_dir) / TARGET_PROBS).exists()
     accuracy.main(args + ["--rescore"])
     np.testing.assert_allclose(np.load(Path(run_dir) / TARGET_PROBS), saved, atol=1e-3)
     (Path(run_dir) / "rescored.json").unlink()   # written by that rescoring
