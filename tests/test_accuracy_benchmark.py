@@ -484,10 +484,11 @@ def test_reuse_rejects_a_file_that_is_not_a_results_file(tmp_path):
         accuracy.load_reusable(str(bad))
 
 
-# the cell of docs/RESULTS.md whose recipe configs/siri_whu.json ships (the pick of the
-# label-free rule staged_bnm on SIRI-WHU -> AID), and configs/siri_whu_finetune.json its
-# source only
-SHIPPED = {"configs/siri_whu.json": "siri_whu_aid/frozen_224_d4_3000_bn/mcc+im",
+# the cells of docs/RESULTS.md whose recipes the shipped configs are: configs/siri_whu.json and
+# configs/usps_mnist.json the picks of the label-free rule we call ours (DEFAULT_RULE), and
+# configs/siri_whu_finetune.json a source only
+SHIPPED = {"configs/siri_whu.json": "siri_whu_aid/frozen_224_d4_3000_bn/mmd+mcc",
+           "configs/usps_mnist.json": "usps_mnist/tllib/mcc+im",
            "configs/siri_whu_finetune.json": "siri_whu_aid/frozen_224_d4_3000/source_only"}
 # keys that change what a run logs, keeps or caches, not what it trains
 NOT_TRAINING = {"name", "seed", "data.cache", "data.cache_dir", "train.eval_every",
@@ -504,6 +505,15 @@ def test_shipped_config_trains_as_its_grid_cell(path):
     got = flatten_config(load(accuracy.REPO / path).to_dict())
     differ = {k for k in set(want) | set(got) if want.get(k) != got.get(k)} - NOT_TRAINING
     assert not differ, {k: (got.get(k), want.get(k)) for k in sorted(differ)}
+
+
+def test_shipped_recipes_are_the_picks_of_our_rule_in_the_committed_results():
+    from ddc.selection import DEFAULT_RULE
+    picks = {p["task"]: p["id"] for p in json.loads(
+        (REPO / "docs" / "results.json").read_text())["model_selection"]
+        if p["rule"] == DEFAULT_RULE}
+    assert SHIPPED["configs/siri_whu.json"] == picks["siri_whu_aid"]
+    assert SHIPPED["configs/usps_mnist.json"] == picks["usps_mnist"]
 
 
 def test_no_train_reports_what_is_there_and_trains_nothing(tmp_path):
