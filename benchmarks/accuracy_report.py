@@ -32,11 +32,11 @@ HISTORY = (
     "the best target-only validator of Musgrave et al. 2022's benchmark of 1,000,000 "
     "checkpoints. Whoever chose it had seen these tasks' target accuracies (not their BNM), so "
     "its picks here are a weaker test than on a new target domain; `staged_im` is printed "
-    "beside it. `staged_bnm` then picked a pair with IM on SIRI-WHU -> AID, AID -> SIRI-WHU and "
-    "MNIST -> USPS where MCC alone scored higher: BNM rewards what IM's loss maximises "
-    "(confident predictions spread evenly over the classes). `staged_agree` replaced it as ours "
-    "on 2026-12-07, pre-registered (commit of that date, before the agreement of any run was "
-    "computed): the same two stages, then the highest agreement with the consensus of the "
+    "beside it. `staged_bnm` then picked IM or a pair with IM on SIRI-WHU -> AID, AID -> "
+    "SIRI-WHU and MNIST -> USPS where MCC alone scored higher: BNM rewards what IM's loss "
+    "maximises (confident predictions spread evenly over the classes). `staged_agree` replaced "
+    "it as ours on 2026-12-07, pre-registered (commit b46b78f, before the agreement of any run "
+    "was computed): the same two stages, then the highest agreement with the consensus of the "
     "group's eligible runs, a score no method optimises. Whoever chose it had seen every target "
     "accuracy of this grid (not the agreement); `staged_bnm` stays printed beside it.")
 

@@ -335,7 +335,7 @@ RULES = {
 # a collapse by construction and was the best target-only validator of Musgrave et al. 2022's
 # 1,000,000-checkpoint benchmark. Whoever chose it had seen that grid's target accuracies.
 # staged_agree replaced it on 2026-12-07, pre-registered (committed) before the agreement of
-# any run was computed, after staged_bnm had picked a pair with IM on three tasks where MCC
+# any run was computed, after staged_bnm had picked IM or a pair with IM on three tasks where MCC
 # alone was better: BNM and IM reward confident predictions spread evenly over the classes,
 # which is what IM's loss maximises (a method optimising the validator's own objective) and
 # which a target with unequal classes (AID: residential is 21% of it) does not have. A

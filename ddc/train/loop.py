@@ -89,8 +89,9 @@ def rescore(workdir: str | Path, *, data_root: str | Path | None = None,
     """The final evaluation of a finished run, recomputed from its latest checkpoint: the
     record ``Run.evaluate`` returns (accuracies and every label-free score of
     ``ddc.selection``; no test-time augmentation) and ``target_probs`` (the target's softmax
-    predictions, [N, K]), for a score added after the run was trained. Reads the run's ``config.json``, its data (the feature cache in mode "features")
-    and checkpoint; writes nothing.
+    predictions, [N, K]), for a score added after the run was trained. Reads the run's
+    ``config.json``, its data (the feature cache in mode "features") and checkpoint; writes
+    nothing.
 
     Raises:
         RunError: ``workdir`` has no config.json or no checkpoint.
