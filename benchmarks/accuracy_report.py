@@ -72,8 +72,8 @@ def _source_only_reference(summaries: list[dict]):
 
 def _run_predictions(cell: dict):
     """The target softmax predictions of each seed of ``cell`` from its run directories
-    (``ddc.train.rundir.TARGET_PROBS``), or None if a run directory or its file is missing."""
-    from ddc.train.rundir import load_target_probs
+    (``ddc.paths.TARGET_PROBS``), or None if a run directory or its file is missing."""
+    from ddc.report.runs import load_target_probs
 
     dirs = cell.get("run_dirs") or []
     probs = [load_target_probs(d if Path(d).is_absolute() else grid.REPO / d) for d in dirs]

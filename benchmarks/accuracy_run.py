@@ -25,7 +25,7 @@ from ddc.sweep import config_hash  # noqa: F401  (re-exported: the hash in a run
 # written into a run directory once its run returned: a run without it is not finished
 RUN_META = "accuracy_benchmark.json"
 # label-free scores added after a run was trained, recomputed from its final checkpoint
-# (``rescore_run``), and its target predictions (``ddc.train.rundir.TARGET_PROBS``) if it was
+# (``rescore_run``), and its target predictions (``ddc.paths.TARGET_PROBS``) if it was
 # trained before runs saved them; its results.json stays as the run wrote it
 RESCORED = "rescored.json"
 RESCORED_KEYS = ("target_bnm", "target_im", "source_val_dev")
@@ -82,7 +82,7 @@ def rescore_run(workdir: Path, data_root: Path, weights_root: Path,
     predictions, with ``complete``; else read back as it is). The recomputed
     evaluation must reproduce the run's own target accuracy and SND (the same checkpoint on the
     same inputs), or this raises."""
-    from ddc.train.rundir import TARGET_PROBS
+    from ddc.paths import TARGET_PROBS
 
     path = Path(workdir) / RESCORED
     if not path.exists() or complete and (
@@ -98,7 +98,8 @@ def rescore_run(workdir: Path, data_root: Path, weights_root: Path,
 
 def _rescore_main(workdir: Path, data_root: str, weights_root: str) -> None:
     from ddc.train import rescore
-    from ddc.train.rundir import TARGET_PROBS, save_target_probs
+    from ddc.paths import TARGET_PROBS
+    from ddc.train.rundir import save_target_probs
 
     results = json.loads((workdir / "results.json").read_text())
     rec = rescore(workdir, data_root=data_root, weights_root=weights_root)
@@ -125,7 +126,7 @@ def run_cell_seed(cell: grid.Cell, seed: int, runs: Path, data_root: Path,
     import keras
 
     from ddc.config import load
-    from ddc.train.rundir import TARGET_PROBS
+    from ddc.paths import TARGET_PROBS
 
     overrides = cell.overrides(seed)
     cfg = load(grid.REPO / cell.task.base, overrides)

@@ -21,3 +21,8 @@ def weights_root(arg: str | Path | None = None) -> Path:
 def cache_dir(arg: str | Path | None = None) -> Path:
     """The cache folder: ``data.cache_dir``, else ``$DDC_CACHE_DIR``, else ``~/.cache/ddc``."""
     return Path(arg or os.environ.get("DDC_CACHE_DIR") or "~/.cache/ddc").expanduser()
+
+
+# where a run keeps its final target softmax predictions (float16 [N, K], in the order of the
+# target's files): written by the training loop, read by ``ddc.report.runs.load_target_probs``
+TARGET_PROBS = Path("eval") / "target_probs.npy"

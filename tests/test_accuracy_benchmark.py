@@ -319,7 +319,7 @@ def test_smallest_cell_end_to_end_writes_the_row_and_resumes(tmp_path):
     assert again["run_dirs"] == [run_dir] and again["target_acc"] == cell["target_acc"]
     assert again["total_wall_s"] == cell["total_wall_s"]
     # the run saved its target predictions; alone in its group, its one seed is the consensus
-    from ddc.train.rundir import TARGET_PROBS
+    from ddc.paths import TARGET_PROBS
     saved = np.load(Path(run_dir) / TARGET_PROBS)
     assert saved.shape[1] == 10 and cell["target_agreement"] == 1.0
     # a run from before they were saved gets them by --rescore (the same checkpoint's)

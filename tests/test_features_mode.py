@@ -93,7 +93,8 @@ def test_rescore_recomputes_the_final_evaluation_from_the_checkpoint(tmp_path, t
     assert information_maximization(p) == pytest.approx(res["target_im"], rel=1e-5)
     # the run saved those target predictions (float16, the target's order), and rescore
     # returns them too
-    from ddc.train.rundir import TARGET_PROBS, load_target_probs
+    from ddc.paths import TARGET_PROBS
+    from ddc.report.runs import load_target_probs
     saved = load_target_probs(tmp_path / "run")
     assert np.load(tmp_path / "run" / TARGET_PROBS).dtype == np.float16
     np.testing.assert_allclose(saved, p, atol=2e-3)

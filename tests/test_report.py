@@ -286,7 +286,54 @@ def test_compare_cli_table_lists_differing_keys(runs, tmp_path, capsys):
     res = json.loads((runs["base"] / "results.json").read_text())
     base_row = next(l for l in table.splitlines() if str(runs["base"]) in l)
     assert "| {} |" in base_row and f"{res['target_acc']:.4f}" in base_row  # source only
+    # the two runs saved their target predictions: each has an agreement, and one is picked
+    assert "agreement" in header and "Label-free pick (`staged_agree`" in table
     assert compare_main([str(runs["ddc"]), str(tmp_path)]) == 2
+
+
+def _fake_run(path, align, source_val, probs):
+    (path / "eval").mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"name": path.name, "align": align}))
+    (path / "results.json").write_text(json.dumps({"target_acc": 0.5,
+                                                   "source_val_acc": source_val}))
+    if probs is not None:
+        np.save(path / "eval" / "target_probs.npy", np.asarray(probs, np.float16))
+
+
+def test_compare_shows_each_runs_agreement_and_the_label_free_pick(tmp_path):
+    from ddc.report.compare import compare_runs
+    from ddc.report.runs import ReportError
+
+    rng = np.random.default_rng(3)
+    probs = {n: rng.dirichlet(np.full(4, 0.5), size=40) for n in ("so", "a", "b", "broken")}
+    runs = {"so": ({}, 0.90), "a": ({"mcc": {"weight": 1}}, 0.88),
+            "b": ({"im": {"weight": 1}}, 0.86), "broken": ({"mcc": {"weight": 9}}, 0.50)}
+    for n, (align, val) in runs.items():
+        _fake_run(tmp_path / n, align, val, probs[n])
+    dirs = [tmp_path / n for n in runs]
+    table = compare_runs(dirs)
+    # the vote of the runs within 5 points of source only's 0.90 (not "broken"), by hand
+    voters = ["so", "a", "b"]
+    vote = np.mean([probs[n].astype(np.float16).astype(np.float64) for n in voters], 0).argmax(1)
+    agree = {n: float((probs[n].astype(np.float16).argmax(1) == vote).mean()) for n in voters}
+    rows = {n: next(l for l in table.splitlines() if l.startswith(f"| {tmp_path / n} |"))
+            for n in runs}
+    for n in voters:
+        assert rows[n].rstrip(" |").endswith(f"{agree[n]:.4f}"), (n, rows[n])
+    assert rows["broken"].rstrip(" |").endswith("—")
+    best = max(voters, key=lambda n: (agree[n], -voters.index(n)))
+    assert f"Label-free pick (`staged_agree` over these runs as one group): {tmp_path / best}," \
+        in table and "(0.9000)" in table
+    # a run without saved predictions: no pick, and the table says why
+    (tmp_path / "b" / "eval" / "target_probs.npy").unlink()
+    assert "No label-free pick: an eligible run has no saved target predictions" in \
+        compare_runs(dirs)
+    # runs of another target (fewer samples): no pick; a file that is not an array: an error
+    _fake_run(tmp_path / "other", {}, 0.9, probs["a"][:10])
+    assert "not the same target" in compare_runs([tmp_path / "so", tmp_path / "other"])
+    (tmp_path / "other" / "eval" / "target_probs.npy").write_text("nonsense")
+    with pytest.raises(ReportError, match="target_probs.npy: not a saved array"):
+        compare_runs([tmp_path / "so", tmp_path / "other"])
 
 
 def test_log_run_summary_writes_hparams_and_final_metrics(runs, tmp_path):

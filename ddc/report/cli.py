@@ -144,7 +144,9 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 def compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ddc-compare", description=(
-        "One markdown table of runs: the config keys that differ and the results."))
+        "One markdown table of runs: the config keys that differ, the results, and the run the "
+        "label-free rule staged_agree picks (their agreement with the runs' soft vote on the "
+        "target)."))
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--out", help="also write the table to this file")
     return p

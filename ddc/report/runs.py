@@ -80,6 +80,26 @@ def read_json(path: Path) -> dict | None:
         raise ReportError(f"{path}: not valid JSON ({e})") from None
 
 
+def load_target_probs(workdir: str | Path) -> np.ndarray | None:
+    """float32 [N, K]: the run's final target softmax predictions (``ddc.paths.TARGET_PROBS``),
+    or None if it has none (a run from before they were saved: ``ddc.train.rescore``
+    recomputes them).
+
+    Raises:
+        ReportError: the file is not a 2-d array of probabilities.
+    """
+    path = Path(workdir) / paths.TARGET_PROBS
+    if not path.exists():
+        return None
+    try:
+        probs = np.load(path).astype(np.float32)
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{path}: not a saved array ({e})") from None
+    if probs.ndim != 2:
+        raise ReportError(f"{path}: expected target probabilities [N, K], got shape {probs.shape}")
+    return probs
+
+
 def read_config(workdir: str | Path) -> Config:
     workdir = Path(workdir)
     data = read_json(workdir / "config.json")

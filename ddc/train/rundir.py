@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from ddc.config.flatten import flatten_config
+from ddc.paths import TARGET_PROBS
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,6 @@ REPLACED = ".replaced-"
 
 class RunError(RuntimeError):
     """A run that cannot start or go on; the message says why and what to do."""
-
-
-TARGET_PROBS = Path("eval") / "target_probs.npy"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -62,15 +60,6 @@ def save_target_probs(workdir: Path, probs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, "wb", lambda f: np.save(f, np.asarray(probs, np.float16)))
     return path
-
-
-def load_target_probs(workdir: Path):
-    """float32 [N, K]: the run's ``TARGET_PROBS``, or None if it has none (a run finished
-    before they were saved: ``ddc.train.rescore`` recomputes them)."""
-    import numpy as np
-
-    path = Path(workdir) / TARGET_PROBS
-    return np.load(path).astype(np.float32) if path.exists() else None
 
 
 def _write_atomic(path: Path, mode: str, write) -> None:
