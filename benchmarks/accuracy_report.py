@@ -59,15 +59,15 @@ def check_bars(summaries: list[dict]) -> list[dict]:
     return checks
 
 
-def _source_only_reference(summaries: list[dict]):
-    """``cell -> float``: the source validation accuracy of the source-only cell of the same
-    task and variant (None where there is none)."""
+def _source_only_value(summaries: list[dict], key: str):
+    """``cell -> value``: ``key`` of the source-only cell of the same task and variant (None
+    where there is none), e.g. its ``source_val_acc``: the staged rules' reference."""
     base = {(s["task"], s["variant"]): s for s in summaries if s["method"] == "source_only"}
 
-    def reference(s):
+    def value(s):
         ref = base.get((s["task"], s["variant"]))
-        return ref["source_val_acc"] if ref else None
-    return reference
+        return ref.get(key) if ref else None
+    return value
 
 
 def _run_predictions(cell: dict):
@@ -88,7 +88,7 @@ def add_agreement(summaries: list[dict]) -> None:
     computed against the group as it was then."""
     from ddc.selection import group_agreement
 
-    reference = _source_only_reference(summaries)
+    reference = _source_only_value(summaries, "source_val_acc")
     for task in grid.TASKS:
         cells = [s for s in summaries if s["task"] == task.name
                  and not grid.method_peer(s["task"], s["method"])]
@@ -108,12 +108,8 @@ def model_selection(summaries: list[dict]) -> list[dict]:
     accuracy is looked up only after the choice."""
     from ddc.selection import RULES, score, select
 
-    base = {(s["task"], s["variant"]): s for s in summaries if s["method"] == "source_only"}
-    reference = _source_only_reference(summaries)
-
-    def spread(s):
-        ref = base.get((s["task"], s["variant"]))
-        return ref.get("target_pred_entropy") if ref else None
+    reference = _source_only_value(summaries, "source_val_acc")
+    spread = _source_only_value(summaries, "target_pred_entropy")
 
     def row(s):
         return {k: s.get(k) for k in ("id", "target_acc", "target_acc_std", "target_acc_tta",

@@ -52,10 +52,10 @@ def label_free_pick(workdirs: list, configs: list[dict], results: list) -> tuple
     alignment term), or, without one, below the best of them."""
     from ddc.selection import SOURCE_GUARD, group_agreement, select
 
-    runs = [{"dir": w, "source_val_acc": (r or {}).get("source_val_acc"), "finished": bool(r),
+    runs = [{"dir": w, "source_val_acc": (r or {}).get("source_val_acc"),
              "source_only": not c.get("align")}
             for w, c, r in zip(workdirs, configs, results)]
-    done = [r for r in runs if r["finished"] and r["source_val_acc"] is not None]
+    done = [r for r in runs if r["source_val_acc"] is not None]  # finished, with validation
     if len(done) < 2:
         return [None] * len(runs), ""
     plain = [r["source_val_acc"] for r in done if r["source_only"]]

@@ -239,7 +239,8 @@ class Run:
                "target_acc": tgt["accuracy"],
                "target_mean_class_acc": tgt["mean_class_accuracy"],
                "_target_report": tgt,
-               "_target_probs": softmax(tgt_logits)}
+               # saved by the run's last evaluation (``final``) only
+               "_target_probs": softmax(tgt_logits) if final else None}
         if t.tta:  # softmax averaged over the eight D4 views
             val_tta = (tta_report(self.predict, self.tta_arrays["source_val"],
                                   self.data.source_val.labels, names, t.eval_batch_size)
